@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks behind ``transmed bench``; results go to benchmarks/results/."""

@@ -1,0 +1,1 @@
+"""Inference: the one predictor used by the CLI, the demo and the DICOM service."""

@@ -1,0 +1,139 @@
+"""3D axial self-attention with a learned relative position bias per axis.
+
+Full self-attention over a D×H×W grid scores every pair of the N = D·H·W tokens: N² scores.
+Axial attention (Ho et al. 2019, "Axial Attention in Multidimensional Transformers"; Wang et
+al., ECCV 2020, "Axial-DeepLab") attends along one axis at a time, so each token scores only the
+D + H + W tokens on its three axis lines: N·(D+H+W) scores. For a 128³ grid that is
+128³ / 384 ≈ 5,461 times fewer scores.
+
+Per axis a, with queries Q, keys K and values V gathered along that axis,
+
+    Attention_a(X) = Softmax(Q Kᵀ / sqrt(d_k) + B_a) V,
+
+where B_a[h, i, j] = t_a[h, clip(j − i, −R, R)] is a learned relative position bias per head
+(Shaw et al. 2018). Computed with ``torch.nn.functional.scaled_dot_product_attention`` (fused
+kernels, the bias passed as the additive mask).
+
+**Combination.** The three axes are applied *in sequence* (D, then H, then W), each with its
+own Q/K/V projection and bias table, as in Axial-DeepLab: after one block every voxel has
+gathered information from the whole volume (D-line → H-plane → full grid), which summing the
+three axis outputs in parallel would not give. The block is a pre-norm transformer block:
+``x + proj(attn_W(attn_H(attn_D(LN(x)))))`` followed by ``x + MLP(LN(x))``.
+
+**Lengths beyond training.** Relative distances farther than the table's reach R are *clipped*
+to ±R: the bias for "far away" is the one learned for the largest distance seen in training.
+Any axis length works at inference (whole-volume prediction on a 240×240×155 case); entries of
+the table beyond the training patch would never receive gradient, so R should be the training
+patch length at that stage minus one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RelativePositionBias1d(nn.Module):
+    """Learned bias B[h, i, j] = table[h, clip(j − i, −R, R) + R] for a sequence of any length.
+
+    Args:
+        num_heads: attention heads (one bias per head).
+        max_distance: R, the largest relative distance with its own entry; farther is clipped.
+    """
+
+    def __init__(self, num_heads: int, max_distance: int) -> None:
+        super().__init__()
+        if max_distance < 1:
+            raise ValueError(f"max_distance must be ≥ 1, got {max_distance}")
+        self.max_distance = max_distance
+        self.table = nn.Parameter(torch.zeros(num_heads, 2 * max_distance + 1))
+        nn.init.trunc_normal_(self.table, std=0.02)
+
+    def relative_index(self, length: int, device: torch.device) -> torch.Tensor:
+        """(L, L) integer index into the table."""
+        pos = torch.arange(length, device=device)
+        rel = pos[None, :] - pos[:, None]  # (L, L): j - i
+        return rel.clamp(-self.max_distance, self.max_distance) + self.max_distance
+
+    def forward(self, length: int) -> torch.Tensor:
+        """Bias (heads, L, L) for a sequence of ``length`` tokens."""
+        return self.table[:, self.relative_index(length, self.table.device)]
+
+
+class AxialSelfAttention(nn.Module):
+    """Multi-head self-attention along one axis of a channel-last (B, D, H, W, C) tensor."""
+
+    def __init__(self, channels: int, num_heads: int, max_distance: int, qkv_bias: bool = True):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = channels // num_heads
+        self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
+        self.bias = RelativePositionBias1d(num_heads, max_distance)
+
+    def forward(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Attend along ``axis`` (1, 2 or 3 of (B, D, H, W, C)); returns the same shape."""
+        x = x.movedim(axis, 3)  # (B, P, Q, L, C): the attended axis next to channels
+        b, p, q, length, c = x.shape
+        qkv = self.qkv(x).reshape(b * p * q, length, 3, self.num_heads, self.head_dim)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, N, heads, L, hd) with N = B·P·Q lines
+        bias = self.bias(length).to(qkv.dtype)  # (heads, L, L), broadcast over the N lines
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
+        out = out.transpose(1, 2).reshape(b, p, q, length, c)  # (B, P, Q, L, C)
+        return out.movedim(3, axis)
+
+
+class AxialAttentionBlock3d(nn.Module):
+    """Pre-norm transformer block with sequential D→H→W axial attention and an MLP.
+
+    Args:
+        channels: feature channels C (divisible by ``num_heads``).
+        num_heads: attention heads per axis.
+        max_len: the longest axis length seen in training at this stage; relative distances up
+            to ``max_len − 1`` get their own bias, farther ones are clipped (see module doc).
+        mlp_ratio: hidden width of the MLP relative to ``channels``.
+
+    Shape: (B, C, D, H, W) → (B, C, D, H, W), any D, H, W ≥ 1.
+    """
+
+    def __init__(
+        self, channels: int, num_heads: int = 4, max_len: int = 16, mlp_ratio: float = 2.0
+    ) -> None:
+        super().__init__()
+        if channels < 1 or num_heads < 1 or channels % num_heads:
+            raise ValueError(
+                f"channels ({channels}) must be a positive multiple of num_heads ({num_heads})"
+            )
+        if max_len < 2:
+            raise ValueError(f"max_len must be ≥ 2, got {max_len}")
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
+        self.norm1 = nn.LayerNorm(channels)
+        self.attn = nn.ModuleList(
+            AxialSelfAttention(channels, num_heads, max_len - 1) for _ in range(3)
+        )
+        self.proj = nn.Linear(channels, channels)
+        self.norm2 = nn.LayerNorm(channels)
+        hidden = max(1, int(round(channels * mlp_ratio)))
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels)
+        )
+        self.apply(_init_linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.permute(0, 2, 3, 4, 1)  # (B, D, H, W, C)
+        h = self.norm1(t)
+        for axis, attn in zip((1, 2, 3), self.attn):
+            h = attn(h, axis)  # (B, D, H, W, C), attended along D, then H, then W
+        t = t + self.proj(h)
+        t = t + self.mlp(self.norm2(t))
+        return t.permute(0, 4, 1, 2, 3)  # (B, C, D, H, W)
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,94 @@
+"""A timm-style model registry: ``@register_model``, ``create_model(name, ...)``, ``list_models()``.
+
+Every registered factory takes ``in_channels`` and ``out_channels`` plus its own typed keyword
+arguments and returns a :class:`~transmed.models.base.SegmentationModel`. The model remembers
+its registry name and the arguments it was built with (``model.config``) so that a checkpoint can
+rebuild it without outside knowledge.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from transmed.models.base import SegmentationModel
+
+_REGISTRY: dict[str, Callable[..., SegmentationModel]] = {}
+
+
+def register_model(fn: Callable[..., SegmentationModel]) -> Callable[..., SegmentationModel]:
+    """Register a model factory under its function name."""
+    name = fn.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    _ensure_builtin_models()
+    return sorted(_REGISTRY)
+
+
+def model_kwargs(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword arguments a registered model accepts (besides in/out channels)."""
+    _ensure_builtin_models()
+    fn = _get(name)
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in params.items() if k not in ("in_channels", "out_channels")}
+
+
+def create_model(
+    name: str, in_channels: int = 4, out_channels: int = 3, **kwargs: Any
+) -> SegmentationModel:
+    """Build a registered model by name.
+
+    Raises:
+        ValueError: unknown model name, unknown keyword argument or a bad argument value.
+    """
+    _ensure_builtin_models()
+    fn = _get(name)
+    accepted = model_kwargs(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"model {name!r} got unknown argument(s) {unknown}; accepted: {sorted(accepted)}"
+        )
+    for key, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    model = fn(in_channels=in_channels, out_channels=out_channels, **kwargs)
+    model.config = {
+        "name": name,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "kwargs": dict(kwargs),
+    }
+    return model
+
+
+def create_model_from_config(config: dict[str, Any]) -> SegmentationModel:
+    """Rebuild a model from ``model.config`` (as stored in a checkpoint)."""
+    try:
+        name = config["name"]
+    except (KeyError, TypeError):
+        raise ValueError(f"model config must hold a 'name' key, got {config!r}") from None
+    return create_model(
+        name,
+        in_channels=int(config.get("in_channels", 4)),
+        out_channels=int(config.get("out_channels", 3)),
+        **dict(config.get("kwargs", {})),
+    )
+
+
+def _get(name: str) -> Callable[..., SegmentationModel]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _ensure_builtin_models() -> None:
+    # Importing the modules runs their @register_model decorators.
+    from transmed.models import peers, transmed  # noqa: F401

@@ -1,0 +1,1 @@
+"""DICOM node service: receive, queue, predict, deliver. No model code here."""

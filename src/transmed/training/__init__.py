@@ -1,0 +1,1 @@
+"""Training: trainer, losses, schedules, checkpointing, cross-validation."""

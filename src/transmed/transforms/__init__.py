@@ -1,0 +1,1 @@
+"""Preprocessing (reversible) and augmentation pipelines."""

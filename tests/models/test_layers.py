@@ -1,0 +1,153 @@
+"""Axial attention against a brute-force reference; dynamic convolution against a per-sample loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transmed.models.layers import (
+    AxialAttentionBlock3d,
+    DynamicConv3d,
+    RelativePositionBias1d,
+    set_dynamic_temperature,
+    temperature_schedule,
+)
+
+
+def _reference_axis(attn, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Explicit softmax(QKᵀ/√d + B)V along ``axis`` of (B, D, H, W, C), bias built by loops."""
+    xm = x.movedim(axis, 3)  # (B, P, Q, L, C)
+    length, c = xm.shape[3], xm.shape[4]
+    heads, d = attn.num_heads, attn.head_dim
+    qkv = xm @ attn.qkv.weight.T + attn.qkv.bias
+    q, k, v = (t.reshape(*xm.shape[:4], heads, d) for t in qkv.split(c, dim=-1))
+    scores = torch.einsum("bpqihd,bpqjhd->bpqhij", q, k) / math.sqrt(d)
+    table = attn.bias.table
+    r = attn.bias.max_distance
+    bias = torch.empty(heads, length, length, dtype=x.dtype)
+    for h in range(heads):
+        for i in range(length):
+            for j in range(length):
+                bias[h, i, j] = table[h, min(max(j - i, -r), r) + r]
+    scores = scores + bias
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+    weights = weights / weights.sum(-1, keepdim=True)
+    out = torch.einsum("bpqhij,bpqjhd->bpqihd", weights, v).reshape(*xm.shape[:4], c)
+    return out.movedim(3, axis)
+
+
+def _reference_block(block: AxialAttentionBlock3d, x: torch.Tensor) -> torch.Tensor:
+    t = x.permute(0, 2, 3, 4, 1)
+    h = block.norm1(t)
+    for axis, attn in zip((1, 2, 3), block.attn):
+        h = _reference_axis(attn, h, axis)
+    t = t + block.proj(h)
+    t = t + block.mlp(block.norm2(t))
+    return t.permute(0, 4, 1, 2, 3)
+
+
+def _randomise(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+
+
+@pytest.mark.parametrize("spatial", [(5, 6, 7), (9, 4, 3)])
+def test_axial_block_matches_brute_force(spatial: tuple[int, int, int]) -> None:
+    block = AxialAttentionBlock3d(8, num_heads=2, max_len=4).double()
+    _randomise(block)  # non-trivial biases, including beyond-reach clipping (length > 4)
+    x = torch.randn(2, 8, *spatial, dtype=torch.float64)
+    torch.testing.assert_close(block(x), _reference_block(block, x), rtol=1e-9, atol=1e-9)
+
+
+def test_each_axis_mixes_only_along_its_axis() -> None:
+    block = AxialAttentionBlock3d(8, num_heads=2, max_len=8).double()
+    _randomise(block)
+    attn = block.attn[0]
+    x = torch.randn(1, 6, 5, 4, 8, dtype=torch.float64)  # (B, D, H, W, C)
+    y = attn(x, 1)
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 1.0  # change the D-line at (h=0, w=0) only
+    y2 = attn(x2, 1)
+    changed = (y2 - y).abs().sum(dim=(0, 1, 4)) > 0  # (H, W)
+    assert changed[0, 0] and changed.sum() == 1
+
+
+def test_relative_bias_beyond_training_length_is_clipped() -> None:
+    bias = RelativePositionBias1d(num_heads=3, max_distance=4)
+    b = bias(20)  # longer than anything with its own entry
+    assert b.shape == (3, 20, 20)
+    torch.testing.assert_close(b[:, 0, 19], bias.table[:, -1])  # distance +19 → +4 entry
+    torch.testing.assert_close(b[:, 19, 0], bias.table[:, 0])  # distance −19 → −4 entry
+    torch.testing.assert_close(b[:, 5, 7], bias.table[:, 4 + 2])
+    block = AxialAttentionBlock3d(16, num_heads=4, max_len=4)
+    y = block(torch.randn(1, 16, 12, 10, 9))  # every axis longer than max_len
+    assert y.shape == (1, 16, 12, 10, 9) and torch.isfinite(y).all()
+
+
+def test_axial_block_bf16() -> None:
+    block = AxialAttentionBlock3d(16, num_heads=4, max_len=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(torch.randn(1, 16, 6, 7, 8))
+    assert y.shape == (1, 16, 6, 7, 8) and torch.isfinite(y.float()).all()
+
+
+def test_axial_block_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="num_heads"):
+        AxialAttentionBlock3d(10, num_heads=4)
+    with pytest.raises(ValueError, match="max_len"):
+        AxialAttentionBlock3d(8, num_heads=2, max_len=1)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("stride,bias", [(1, True), (2, False)])
+def test_dynamic_conv_matches_per_sample_loop(batch: int, stride: int, bias: bool) -> None:
+    conv = DynamicConv3d(5, 6, 3, stride=stride, bias=bias, num_kernels=4, temperature=2.0)
+    conv = conv.double()
+    _randomise(conv.attention)
+    x = torch.randn(batch, 5, 9, 8, 7, dtype=torch.float64)
+    y = conv(x)
+    pi = conv.kernel_attention(x)
+    assert not torch.allclose(pi[:, 0], pi[:, 1])  # samples really mix differently
+    for i in range(batch):
+        w = sum(pi[i, k] * conv.weight[k] for k in range(4))
+        b = sum(pi[i, k] * conv.bias[k] for k in range(4)) if bias else None
+        ref = F.conv3d(x[i : i + 1], w, b, stride=stride, padding=1)
+        torch.testing.assert_close(y[i : i + 1], ref, rtol=1e-10, atol=1e-10)
+
+
+def test_dynamic_conv_temperature_controls_mixing() -> None:
+    conv = DynamicConv3d(4, 4, 3, num_kernels=4, temperature=30.0)
+    _randomise(conv.attention)
+    x = torch.randn(2, 4, 6, 6, 6)
+    hot = conv.kernel_attention(x)
+    conv.set_temperature(0.05)
+    cold = conv.kernel_attention(x)
+    assert hot.std(dim=1).max() < cold.std(dim=1).max()
+    torch.testing.assert_close(hot.sum(1), torch.ones(2))
+
+
+def test_temperature_schedule_and_setter() -> None:
+    assert temperature_schedule(0, 10, 30, 1) == 30
+    assert temperature_schedule(5, 10, 30, 1) == pytest.approx(15.5)
+    assert temperature_schedule(10, 10, 30, 1) == 1
+    assert temperature_schedule(50, 10, 30, 1) == 1
+    from transmed.models import create_model
+
+    model = create_model("transmed_d")
+    n = set_dynamic_temperature(model, 3.0)
+    assert n > 0
+    temps = {m.temperature for m in model.modules() if isinstance(m, DynamicConv3d)}
+    assert temps == {3.0}
+
+
+def test_dynamic_conv_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="num_kernels"):
+        DynamicConv3d(4, 4, num_kernels=0)
+    with pytest.raises(ValueError, match="temperature"):
+        DynamicConv3d(4, 4, temperature=0)
+    with pytest.raises(ValueError, match="expects"):
+        DynamicConv3d(4, 4)(torch.randn(1, 3, 4, 4, 4))
