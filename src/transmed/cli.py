@@ -6,11 +6,16 @@ instant. Sub-command groups live beside the code they drive.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from transmed import __version__
 from transmed.bench.cli import app as bench_app
 from transmed.data.cli import app as data_app
+from transmed.evaluation.cli import evaluate_cmd
+from transmed.evaluation.cli_compare import compare_cmd, report_cmd
+from transmed.training.cli import cv_cmd, train_cmd
 
 app = typer.Typer(
     name="transmed",
@@ -20,6 +25,11 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
+app.command("train")(train_cmd)
+app.command("cv")(cv_cmd)
+app.command("evaluate")(evaluate_cmd)
+app.command("compare")(compare_cmd)
+app.command("report")(report_cmd)
 
 
 def _version(value: bool) -> None:
@@ -47,6 +57,34 @@ def models_cmd() -> None:
             f"{k}={p.default!r}" for k, p in model_kwargs(name).items() if p.default is not p.empty
         )
         typer.echo(f"{name:15s} {args}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the whole study."),
+    cases: int = typer.Option(24, "--cases", min=3, help="Synthetic cases."),
+    test_cases: int = typer.Option(8, "--test-cases", min=1, help="Held-out cases."),
+    shape: tuple[int, int, int] = typer.Option((96, 96, 64), "--shape", help="Volume D H W."),
+    models: str = typer.Option("transmed_full,unet", "--models", help="Comma-separated."),
+    epochs: int = typer.Option(8, "--epochs", min=1),
+    iters: int = typer.Option(20, "--iters-per-epoch", min=1),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """The main job: synthetic cohort → train each model → evaluate → compare → HTML report."""
+    from transmed.cli_errors import user_errors
+
+    with user_errors():
+        from transmed.demo import SCALE_UP, DemoSettings, run_demo
+
+        settings = DemoSettings(
+            cases=cases, test_cases=test_cases, shape=shape, epochs=epochs, iters_per_epoch=iters,
+            models=tuple(m.strip() for m in models.split(",") if m.strip()), seed=seed,
+        )  # fmt: skip
+        result = run_demo(out, settings)
+        typer.echo(result["comparison"])
+        typer.echo(f"\nDone in {result['minutes']:.1f} min. Report: {result['report']}")
+        typer.echo(f"Comparison: {out / 'comparison' / 'compare.md'}")
+        typer.echo(SCALE_UP)
 
 
 def main() -> None:

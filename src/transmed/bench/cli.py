@@ -1,0 +1,184 @@
+"""``transmed bench ...``: complexity and attention-scaling benchmarks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    help="Benchmarks (JSON + Markdown under benchmarks/results/).", no_args_is_help=True
+)
+
+DEFAULT_OUT = Path("benchmarks/results")
+
+
+def _fmt_entry(e: dict[str, Any]) -> str:
+    if e.get("status") == "ok":
+        lat, mem = e["latency"], e["memory"]
+        return (
+            f"{lat['median_s']:.3f} s median ({e['repeats']} runs, IQR {lat['iqr_s']:.3f} s), "
+            f"{e['params'] / 1e6:.2f} M params, {e['flops'] / 1e9:,.1f} GFLOPs, "
+            f"forward peak {mem['forward_peak_bytes'] / 2**20:,.0f} MiB "
+            f"[{e['wall_s']:.0f} s]"
+        )
+    return f"{e.get('reason', 'failed').splitlines()[0]} [{e.get('wall_s', 0):.0f} s]"
+
+
+def _fmt_row(r: dict[str, Any]) -> str:
+    head = f"  {r['kind']:5s} {r['grid'][0]:>4d}³"
+    if r.get("status") == "ok":
+        return (
+            f"{head}: {r['latency']['median_s']:.4f} s median, forward peak "
+            f"{r['memory']['forward_peak_bytes'] / 2**20:,.1f} MiB ({r['sdpa_kernel']})"
+        )
+    return f"{head}: {r.get('reason', 'failed').splitlines()[0]}"
+
+
+def _run_scaling(
+    out: Path,
+    max_side: int,
+    channels: int,
+    heads: int,
+    repeats: int,
+    warmup: int,
+    threads: int | None,
+    device: str,
+    memory_limit_gb: float,
+    time_limit: float,
+) -> None:
+    from transmed.bench.attention_scaling import run_attention_scaling, write_attention_scaling
+
+    typer.echo(f"Attention scaling: axial vs full, grids up to {max_side}³")
+    try:
+        result = run_attention_scaling(
+            max_side=max_side,
+            channels=channels,
+            heads=heads,
+            repeats=repeats,
+            warmup=warmup,
+            threads=threads,
+            device=device,
+            memory_limit_gb=memory_limit_gb,
+            time_limit_s=time_limit,
+            on_result=lambda r: typer.echo(_fmt_row(r)),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    paths = write_attention_scaling(result, out)
+    typer.echo(f"Wrote {paths['json']} and {paths['markdown']} ({result['total_wall_s']:.0f} s)")
+
+
+@app.command("complexity")
+def complexity_cmd(
+    size: tuple[int, int, int] = typer.Option(
+        (128, 128, 128), "--size", help="Input spatial size D H W (voxels); input is 1×4×D×H×W."
+    ),
+    models: str = typer.Option("all", "--models", help="'all' or a comma-separated list."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed forwards per model."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed forwards first."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch threads (default: torch's default)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="'cpu' or 'cuda[:i]'."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Folder for the JSON and Markdown."),
+    reference: str = typer.Option(
+        "segresnet", "--reference", help="Model the time ratios are taken against ('' for none)."
+    ),
+    max_model_seconds: float = typer.Option(
+        60.0,
+        "--max-model-seconds",
+        min=1.0,
+        help="Budget for a model's timed forwards; slow models get fewer runs (at least 3).",
+    ),
+    no_scaling: bool = typer.Option(
+        False, "--no-scaling", help="Skip the attention scaling study."
+    ),
+    scaling_max: int = typer.Option(64, "--scaling-max", help="Largest token grid side."),
+    memory_limit_gb: float = typer.Option(
+        8.0,
+        "--memory-limit-gb",
+        help="Attention study: memory for one run (capped by MemAvailable).",
+    ),
+    scaling_time_limit: float = typer.Option(
+        30.0,
+        "--scaling-time-limit",
+        help="Attention study: skip sizes whose single forward would exceed this (s).",
+    ),
+) -> None:
+    """Parameters, FLOPs, forward latency and peak memory of every model (+ attention scaling)."""
+    from transmed.bench.complexity import resolve_models, run_complexity, write_complexity
+
+    if device.startswith("cuda"):
+        _check_cuda(device)
+    started = time.perf_counter()
+    try:
+        names = resolve_models(models, reference or None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--models") from exc
+    typer.echo(f"Complexity at 1×4×{'×'.join(map(str, size))} on {device}: {len(names)} models")
+    try:
+        result = run_complexity(
+            names,
+            size=size,
+            repeats=repeats,
+            warmup=warmup,
+            threads=threads,
+            device=device,
+            reference=reference or None,
+            max_model_seconds=max_model_seconds,
+            on_start=lambda i, n, name: typer.echo(f"[{i}/{n}] {name:14s} ", nl=False),
+            on_result=lambda i, n, e: typer.echo(_fmt_entry(e)),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    paths = write_complexity(result, out)
+    typer.echo(f"Wrote {paths['json']} and {paths['markdown']} ({result['total_wall_s']:.0f} s)")
+    if not no_scaling:
+        _run_scaling(
+            out, scaling_max, 32, 4, 5, 1, threads, device, memory_limit_gb, scaling_time_limit
+        )
+    typer.echo(f"Total wall time {time.perf_counter() - started:.0f} s")
+
+
+@app.command("attention")
+def attention_cmd(
+    scaling_max: int = typer.Option(64, "--scaling-max", help="Largest token grid side."),
+    channels: int = typer.Option(32, "--channels", min=1, help="Block width C."),
+    heads: int = typer.Option(4, "--heads", min=1, help="Attention heads."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed forwards per size."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed forwards first."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads."),
+    device: str = typer.Option("cpu", "--device", help="'cpu' or 'cuda[:i]'."),
+    memory_limit_gb: float = typer.Option(
+        8.0, "--memory-limit-gb", help="Memory for one run (capped by MemAvailable)."
+    ),
+    time_limit: float = typer.Option(
+        30.0, "--time-limit", help="Skip sizes whose single forward would exceed this (s)."
+    ),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Folder for the JSON and Markdown."),
+) -> None:
+    """Axial attention block vs full 3D self-attention: time and memory over token grids."""
+    if device.startswith("cuda"):
+        _check_cuda(device)
+    _run_scaling(
+        out,
+        scaling_max,
+        channels,
+        heads,
+        repeats,
+        warmup,
+        threads,
+        device,
+        memory_limit_gb,
+        time_limit,
+    )
+
+
+def _check_cuda(device: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise typer.BadParameter(f"no CUDA device available for {device!r}", param_hint="--device")

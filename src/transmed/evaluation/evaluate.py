@@ -1,0 +1,469 @@
+"""Evaluate a folder of predicted label maps against reference label maps (``transmed evaluate``).
+
+Matching (by case id):
+
+- references: if the ``ref`` folder holds any ``*seg.nii.gz`` / ``*seg.nii`` file at any depth
+  (a BraTS 2021/2023 dataset folder with ``{case}/{case}_seg.nii.gz`` or ``{case}-seg.nii.gz``),
+  those are the references and the case id is the name minus ``_seg``/``-seg`` and the ending;
+  otherwise the references are the NIfTI files directly in ``ref`` (or in ``ref/labelsTr`` for
+  an MSD / nnU-Net dataset folder) and the case id is the name minus ``.nii.gz``/``.nii``;
+- predictions: the NIfTI files directly in ``pred``, case id = name minus the ending (a trailing
+  ``_seg``/``-seg`` is also accepted);
+- a reference without a prediction is evaluated against an empty prediction (Dice 0 wherever
+  the reference has tumour), flagged ``pred_missing`` in the CSV and listed in the summary;
+  a prediction without a reference is listed as unmatched; hidden files (``.*``) are ignored.
+
+Each case's prediction must lie on the reference's grid (same shape, affines equal within
+:data:`GRID_ATOL_MM` mm); otherwise, or for an unreadable file or unknown label values, that
+case fails with a message naming the files, is written to the CSV with its ``error`` and no
+metrics, left out of the summary statistics and listed under ``"failed"``.
+
+Outputs (see :func:`output_paths`): a per-case CSV, one row per case × region, and a JSON
+summary (mean, sd, median, n per region and metric; the case lists), both written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transmed.data.labels import REGIONS, LabelConvention, get_convention, to_internal
+from transmed.data.validation import GRID_ATOL_MM  # pred/ref affines may differ this much (mm)
+from transmed.evaluation.metrics import METRICS, region_metrics
+from transmed.io.nifti import DEFAULT_MAX_VOXELS, check_nifti_header, load_volume
+
+#: Names accepted by ``labels``/``pred_labels`` besides "auto".
+LABEL_CHOICES: tuple[str, ...] = ("brats2021", "brats2023", "msd", "nnunet", "internal")
+#: Lesion-wise columns (BraTS 2023), present when lesion-wise scores are computed.
+LESION_METRICS: tuple[str, ...] = ("lesion_dice", "lesion_hd95", "lesion_tp", "lesion_fn",
+                                   "lesion_fp")
+VOLUME_COLUMNS: tuple[str, ...] = ("ref_volume_mm3", "pred_volume_mm3")
+
+_NIFTI = re.compile(r"^(?P<stem>.+?)(?P<ending>\.nii\.gz|\.nii)$")
+_SEG = re.compile(r"^(?P<case>.*?)[_-]?seg(?P<ending>\.nii\.gz|\.nii)$")
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """One reference label file and its prediction (None when missing)."""
+
+    case_id: str
+    ref: Path
+    pred: Path | None
+
+
+@dataclass
+class CasePairs:
+    """The result of matching two folders."""
+
+    pairs: list[CasePair]
+    unmatched_predictions: list[Path] = field(default_factory=list)
+    seg_suffixes: set[str] = field(default_factory=set)  # "_seg"/"-seg" seen on references
+
+    @property
+    def missing_predictions(self) -> list[str]:
+        return [p.case_id for p in self.pairs if p.pred is None]
+
+
+def _visible_niftis(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and _NIFTI.match(p.name)
+    )
+
+
+def _by_id(items: Iterable[tuple[str, Path]], what: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for case_id, path in items:
+        if case_id in found:
+            raise ValueError(
+                f"{what}: case id {case_id!r} appears twice ({found[case_id]} and {path})"
+            )
+        found[case_id] = path
+    return found
+
+
+def find_references(ref_dir: str | Path) -> tuple[dict[str, Path], set[str]]:
+    """Reference label files by case id (rules in the module doc) and the seg suffixes seen.
+
+    Raises:
+        ValueError: missing folder, no reference found, or a case id found twice.
+    """
+    root = Path(ref_dir)
+    if not root.is_dir():
+        raise ValueError(f"--ref {root}: not a folder")
+    segs = sorted(
+        p for p in root.rglob("*seg.nii*")
+        if p.is_file() and _SEG.match(p.name)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if segs:
+        items, suffixes = [], set()
+        for p in segs:
+            m = _SEG.match(p.name)
+            if m is None:  # filtered above; keeps type checkers content
+                continue
+            case_id = m["case"] or p.parent.name  # a bare "seg.nii.gz" is named by its folder
+            suffix = p.name[len(m["case"]):-len(m["ending"])]  # "_seg", "-seg" or "seg"
+            suffixes.add(suffix)
+            items.append((case_id, p))
+        return _by_id(items, f"--ref {root}"), suffixes
+    folder = root / "labelsTr" if (root / "labelsTr").is_dir() else root
+    files = _visible_niftis(folder)
+    if not files:
+        raise ValueError(
+            f"--ref {root}: no reference label files found (looked for *seg.nii.gz at any depth, "
+            f"then *.nii.gz / *.nii in {folder})"
+        )
+    return _by_id(((_NIFTI.match(p.name)["stem"], p) for p in files), f"--ref {root}"), set()
+
+
+def pair_cases(pred_dir: str | Path, ref_dir: str | Path) -> CasePairs:
+    """Match prediction files to reference files by case id (rules in the module doc)."""
+    pred_root = Path(pred_dir)
+    if not pred_root.is_dir():
+        raise ValueError(f"--pred {pred_root}: not a folder")
+    refs, suffixes = find_references(ref_dir)
+    preds = _by_id(((_NIFTI.match(p.name)["stem"], p) for p in _visible_niftis(pred_root)),
+                   f"--pred {pred_root}")
+    used: set[str] = set()
+    pairs = []
+    for case_id, ref in sorted(refs.items()):
+        key = next((k for k in (case_id, f"{case_id}_seg", f"{case_id}-seg")
+                    if k in preds and k not in used), None)
+        if key is not None:
+            used.add(key)
+        pairs.append(CasePair(case_id, ref, preds[key] if key else None))
+    unmatched = [p for k, p in sorted(preds.items()) if k not in used]
+    return CasePairs(pairs, unmatched, suffixes)
+
+
+def resolve_convention(labels: str, ref_dir: str | Path, seg_suffixes: set[str]) -> LabelConvention:
+    """The reference label convention for ``labels`` (a name from :data:`LABEL_CHOICES` or
+    ``"auto"``).
+
+    ``auto``: a ``dataset.json`` in ``ref_dir`` (or its parent, for a ``labelsTr`` folder) with
+    ``"labels"`` decides (MSD / nnU-Net); else reference names ``*_seg`` mean BraTS 2021 (ET = 4)
+    and ``*-seg`` BraTS 2023 (ET = 3). Plain ``{case}.nii.gz`` files with no dataset.json are
+    refused: BraTS 2023 and MSD both use the values 1-3 with different meanings.
+    """
+    if labels != "auto":
+        if labels not in LABEL_CHOICES:
+            raise ValueError(
+                f"--labels {labels!r}: expected 'auto' or one of {list(LABEL_CHOICES)}"
+            )
+        return get_convention(labels)
+    from transmed.data.dataset_json import convention_from_labels, read_dataset_json
+
+    root = Path(ref_dir)
+    for candidate in (root / "dataset.json", root.parent / "dataset.json"):
+        if candidate.is_file():
+            meta = read_dataset_json(candidate)
+            if "labels" in meta:
+                keys_are_values = all(str(k).isdigit() for k in meta["labels"])
+                name = "nnunet" if "channel_names" in meta else "msd"
+                return convention_from_labels(meta["labels"], name=name, source=candidate,
+                                              names_are_keys=not keys_are_values)
+    if seg_suffixes == {"_seg"}:
+        return get_convention("brats2021")
+    if seg_suffixes == {"-seg"}:
+        return get_convention("brats2023")
+    raise ValueError(
+        f"--ref {root}: cannot tell the label convention (no dataset.json with 'labels', "
+        f"reference names not uniformly *_seg or *-seg); pass --labels "
+        f"{'|'.join(LABEL_CHOICES)}"
+    )
+
+
+@dataclass
+class CaseResult:
+    """Metrics of one case (``{region: {metric: value}}``), or the error that stopped it."""
+
+    case_id: str
+    pred_missing: bool
+    metrics: dict[str, dict[str, float]] | None = None
+    error: str | None = None
+    spacing: tuple[float, float, float] | None = None
+
+
+def _grid_error(pair: CasePair, max_voxels: int) -> str | None:
+    ref_img = check_nifti_header(pair.ref, max_voxels=max_voxels)
+    if pair.pred is None:
+        return None
+    pred_img = check_nifti_header(pair.pred, max_voxels=max_voxels)
+    ref_shape, pred_shape = ref_img.shape[:3], pred_img.shape[:3]
+    if ref_shape != pred_shape:
+        return (f"prediction {pair.pred} has shape {pred_shape} but reference {pair.ref} has "
+                f"{ref_shape}: resample the prediction to the reference grid")
+    diff = float(np.max(np.abs(np.asarray(pred_img.affine) - np.asarray(ref_img.affine))))
+    if diff > GRID_ATOL_MM:
+        return (f"prediction {pair.pred} affine differs from reference {pair.ref} affine by up "
+                f"to {diff:.4g} mm (tolerance {GRID_ATOL_MM} mm): not the same voxel grid")
+    return None
+
+
+def evaluate_case(
+    pair: CasePair,
+    ref_convention: LabelConvention,
+    pred_convention: LabelConvention,
+    *,
+    lesionwise: bool = True,
+    challenge: str = "BraTS-GLI",
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+) -> CaseResult:
+    """Read one case, convert both maps to internal labels, compute :func:`region_metrics`.
+
+    Spacing (mm) comes from the reference's affine. ValueErrors (headers, grids, label values)
+    are returned in :attr:`CaseResult.error` rather than raised, so one bad case does not stop a
+    folder.
+    """
+    missing = pair.pred is None
+    try:
+        problem = _grid_error(pair, max_voxels)
+        if problem:
+            return CaseResult(pair.case_id, missing, error=problem)
+        ref = load_volume(pair.ref, max_voxels=max_voxels, dtype=np.int32)
+        ref_labels = to_internal(ref.data, ref_convention, source=pair.ref)
+        if pair.pred is None:
+            pred_labels = np.zeros_like(ref_labels)
+        else:
+            pred = load_volume(pair.pred, max_voxels=max_voxels, dtype=np.int32)
+            pred_labels = to_internal(pred.data, pred_convention, source=pair.pred)
+        metrics = region_metrics(pred_labels, ref_labels, ref.spacing, lesionwise=lesionwise,
+                                 challenge=challenge)
+    except ValueError as exc:
+        return CaseResult(pair.case_id, missing, error=str(exc))
+    return CaseResult(pair.case_id, missing, metrics=metrics, spacing=ref.spacing)
+
+
+def _evaluate_job(args: tuple[CasePair, LabelConvention, LabelConvention, bool, str, int]
+                  ) -> CaseResult:
+    pair, ref_conv, pred_conv, lesionwise, challenge, max_voxels = args
+    return evaluate_case(pair, ref_conv, pred_conv, lesionwise=lesionwise, challenge=challenge,
+                         max_voxels=max_voxels)
+
+
+@dataclass
+class EvaluationReport:
+    """Every case's result plus what was matched and how."""
+
+    results: list[CaseResult]
+    pairs: CasePairs
+    ref_labels: str
+    pred_labels: str
+    lesionwise: bool
+    challenge: str
+    pred_dir: Path
+    ref_dir: Path
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """CSV columns: identification, :data:`METRICS`, volumes, lesion-wise, error."""
+        lesion = LESION_METRICS if self.lesionwise else ()
+        return ("case", "region", "pred_missing", *METRICS, *VOLUME_COLUMNS, *lesion, "error")
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return (*METRICS, *(LESION_METRICS[:2] if self.lesionwise else ()))
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {r.case_id: r.error for r in self.results if r.error is not None}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per case × region, in case then :data:`REGIONS` order."""
+        rows = []
+        for res in self.results:
+            for region in REGIONS:
+                row: dict[str, Any] = {c: "" for c in self.columns}
+                row.update(case=res.case_id, region=region, pred_missing=int(res.pred_missing))
+                if res.metrics is not None:
+                    row.update({k: v for k, v in res.metrics[region].items() if k in row})
+                else:
+                    row["error"] = res.error
+                rows.append(row)
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary: per region and metric ``{mean, sd, median, n}``, and case lists."""
+        from transmed.evaluation.statistics import summarise  # scipy.stats: slow to import
+
+        ok = [r for r in self.results if r.metrics is not None]
+        metrics = {
+            region: {
+                name: summarise([r.metrics[region][name] for r in ok]).as_dict()  # type: ignore[index]
+                for name in self.metric_names
+            }
+            for region in REGIONS
+        }
+        return {
+            "pred_dir": str(self.pred_dir),
+            "ref_dir": str(self.ref_dir),
+            "ref_labels": self.ref_labels,
+            "pred_labels": self.pred_labels,
+            "lesionwise": self.lesionwise,
+            "challenge": self.challenge if self.lesionwise else None,
+            "n_references": len(self.results),
+            "n_evaluated": len(ok),
+            "metrics": metrics,
+            "cases": [r.case_id for r in ok],
+            "missing_predictions": self.pairs.missing_predictions,
+            "unmatched_predictions": [str(p) for p in self.pairs.unmatched_predictions],
+            "failed": self.failed,
+            "conventions": {
+                "both_empty": "Dice 1, HD95 0 mm",
+                "one_empty": "Dice 0, HD95 373.13 mm (BraTS volume diagonal)",
+                "missing_prediction": "evaluated as an empty prediction",
+                "hd95": "MONAI definition: max of the two directed 95th percentiles, mm",
+            },
+        }
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    *,
+    labels: str = "auto",
+    pred_labels: str = "same",
+    lesionwise: bool = True,
+    challenge: str = "BraTS-GLI",
+    workers: int = 1,
+    progress: bool = True,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    case_ids: set[str] | None = None,
+) -> EvaluationReport:
+    """Evaluate every reference case of ``ref_dir`` against ``pred_dir``.
+
+    Args:
+        labels: reference label convention, a name from :data:`LABEL_CHOICES` or ``"auto"``
+            (see :func:`resolve_convention`).
+        pred_labels: prediction convention; ``"same"`` = the reference's.
+        lesionwise: add the BraTS 2023 lesion-wise scores.
+        challenge: lesion-wise parameter set, a key of
+            :data:`transmed.evaluation.lesionwise.CHALLENGE_PARAMETERS`.
+        workers: processes; 1 computes in this process.
+        progress: tqdm bar on stderr (hidden when stderr is not a terminal).
+        case_ids: evaluate only these reference cases (e.g. a run's validation cases in a
+            dataset folder that holds all cases); ``None`` = every reference case.
+
+    Raises:
+        ValueError: for folder-level problems (missing folders, no references, duplicate case
+            ids, unknown convention). Per-case problems are in the report instead.
+    """
+    if workers < 1:
+        raise ValueError(f"--workers: expected ≥ 1, got {workers}")
+    if lesionwise:
+        from transmed.evaluation.lesionwise import challenge_parameters
+
+        challenge_parameters(challenge)  # refuse an unknown name before any work
+    pairs = pair_cases(pred_dir, ref_dir)
+    if case_ids is not None:
+        unknown = sorted(set(case_ids) - {p.case_id for p in pairs.pairs})
+        if unknown:
+            raise ValueError(f"{ref_dir}: no reference for case(s) {unknown[:5]}")
+        pairs = dataclasses.replace(pairs, pairs=[p for p in pairs.pairs if p.case_id in case_ids])
+    ref_conv = resolve_convention(labels, ref_dir, pairs.seg_suffixes)
+    if pred_labels == "same":
+        pred_conv = ref_conv
+    elif pred_labels in LABEL_CHOICES:
+        pred_conv = get_convention(pred_labels)
+    else:
+        raise ValueError(
+            f"--pred-labels {pred_labels!r}: expected 'same' or one of {list(LABEL_CHOICES)}"
+        )
+    from tqdm import tqdm
+
+    jobs = [(p, ref_conv, pred_conv, lesionwise, challenge, max_voxels) for p in pairs.pairs]
+    results: list[CaseResult] = []
+    with tqdm(total=len(jobs), desc="evaluating", unit="case",
+              disable=None if progress else True) as bar:
+        if workers == 1 or len(jobs) == 1:
+            for job in jobs:
+                results.append(_evaluate_job(job))
+                bar.update()
+        else:
+            # spawn: workers must not inherit the parent's threads (torch, tqdm) via fork.
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                     mp_context=get_context("spawn")) as pool:
+                for future in as_completed(pool.submit(_evaluate_job, job) for job in jobs):
+                    results.append(future.result())
+                    bar.update()
+    order = {p.case_id: i for i, p in enumerate(pairs.pairs)}
+    results.sort(key=lambda r: order[r.case_id])
+    return EvaluationReport(
+        results=results,
+        pairs=pairs,
+        ref_labels=ref_conv.name,
+        pred_labels=pred_conv.name,
+        lesionwise=lesionwise,
+        challenge=challenge,
+        pred_dir=Path(pred_dir),
+        ref_dir=Path(ref_dir),
+    )
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """``(csv_path, json_path)`` for ``--out``.
+
+    An existing folder gets ``metrics.csv`` and ``metrics.json`` inside it; ``FILE.csv`` or
+    ``FILE.json`` gives ``FILE.csv`` and ``FILE.json`` beside each other; any other ``FILE``
+    gets the two endings appended (``results/eval`` -> ``results/eval.csv``, ``.json``).
+    """
+    out = Path(out)
+    if out.is_dir():
+        return out / "metrics.csv", out / "metrics.json"
+    stem = out.with_suffix("") if out.suffix.lower() in (".csv", ".json") else out
+    return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to a temp file beside ``path``, fsync, rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_report(report: EvaluationReport, out: str | Path) -> tuple[Path, Path]:
+    """Write the per-case CSV and the JSON summary (paths from :func:`output_paths`)."""
+    csv_path, json_path = output_paths(out)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(report.columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(report.rows())
+    _atomic_write_text(csv_path, buffer.getvalue())
+    summary = _json_safe({**report.summary(), "csv": str(csv_path)})
+    _atomic_write_text(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return csv_path, json_path

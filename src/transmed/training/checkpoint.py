@@ -1,0 +1,79 @@
+"""Checkpoints that carry their own model config, written atomically, read with weights_only.
+
+A checkpoint is a plain dict of tensors and JSON-like values (no pickled classes), so
+``torch.load(..., weights_only=True)`` reads it; there is no fallback to unsafe unpickling.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Save a training state; ``state['model_config']`` must rebuild the model."""
+    if "model_config" not in state or "model" not in state:
+        raise ValueError("a checkpoint needs 'model' (state dict) and 'model_config'")
+    return atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) and check its structure.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, or not a TransMed checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, disallowed global, ...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})")
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise CheckpointError(f"{path}: not a TransMed checkpoint (no model/model_config)")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}"
+        )
+    return ckpt
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the model from a checkpoint's own config and load its weights (eval mode)."""
+    from transmed.models import create_model_from_config
+
+    ckpt = load_checkpoint(path, map_location)
+    model = create_model_from_config(ckpt["model_config"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the model config ({exc})") from None
+    return model.eval()

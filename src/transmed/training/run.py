@@ -1,0 +1,179 @@
+"""Run-level entry points behind ``transmed train`` and ``transmed cv``.
+
+Stages talk through files: raw data are preprocessed once (``preprocessed/``), a run folder
+holds its config, split, metrics and checkpoints, and a cross-validation folder holds
+``splits.json`` (written once; a user-supplied file wins) and one run folder per fold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transmed.training.config import ConfigError, TrainConfig
+from transmed.training.trainer import (
+    Trainer,
+    TrainingError,
+    TrainResult,
+    read_run_config,
+    split_cases,
+    write_run_files,
+)
+from transmed.transforms.store import write_json
+
+
+def prepare_data(data: Path, cache_dir: Path, progress: bool = True) -> tuple[Path, list[str]]:
+    """A preprocessed folder for ``data`` and its labelled case ids.
+
+    ``data`` may already be preprocessed (``transmed data preprocess``); a raw dataset in any
+    supported layout is preprocessed into ``cache_dir`` once and reused while its source
+    matches.
+    """
+    from transmed.transforms.datasets import preprocess_dataset, read_preprocessed_summary
+
+    data = Path(data)
+    if not data.is_dir():
+        raise ValueError(f"{data}: data folder not found")
+    try:
+        summary = read_preprocessed_summary(data)
+        folder = data
+    except ValueError:
+        folder = cache_dir
+        try:
+            summary = read_preprocessed_summary(cache_dir)
+            if Path(summary.get("source", "")).resolve() != data.resolve():
+                raise ValueError("cache from another source")
+        except ValueError:
+            summary = preprocess_dataset(data, cache_dir, progress=progress)
+    ids = [c["case_id"] for c in summary["cases"] if c.get("has_label")]
+    if not ids:
+        raise ValueError(f"{data}: no labelled case to train on")
+    return folder, ids
+
+
+def _guard_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "checkpoints" / "latest.pt").is_file():
+            raise ConfigError(f"{out}: nothing to resume (no checkpoints/latest.pt)")
+    elif (out / "checkpoints").exists() or (out / "config.json").exists():
+        raise ConfigError(
+            f"{out}: already holds a run; use --resume to continue it or choose another --out"
+        )
+
+
+def train(
+    data: Path,
+    out: Path,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    split: dict[str, list[str]] | None = None,
+    preprocessed_cache: Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    evaluate: bool = True,
+) -> TrainResult:
+    """Train one model; with ``resume``, continue the run in ``out`` with its own config."""
+    out = Path(out)
+    _guard_out(out, resume)
+    if resume:
+        config, split, data = read_run_config(out)
+    if config is None:
+        raise ConfigError("a config is needed to start a run")
+    folder, ids = prepare_data(Path(data), preprocessed_cache or out / "preprocessed", progress)
+    if split is None:
+        split = split_cases(ids, config.val_fraction, config.seed)
+    unknown = sorted((set(split.get("train", [])) | set(split.get("val", []))) - set(ids))
+    if unknown:
+        raise TrainingError(f"split names cases the data do not have: {unknown[:5]}")
+    trainer = Trainer(config, folder, out, split, device=device, progress=progress)
+    if trainer.ctx.is_main and not resume:
+        write_run_files(out, config, split, Path(data))
+    trainer.ctx.barrier()
+    result = trainer.run(resume=resume)
+    if trainer.ctx.is_main and evaluate:
+        from transmed.training.oof import finish_run
+
+        finish_run(out, folder, split, progress)
+    return result
+
+
+def make_folds(case_ids: list[str], folds: int, seed: int = 0) -> list[dict[str, list[str]]]:
+    """nnU-Net-style ``splits_final.json`` content: k random folds of train/val ids."""
+    if folds < 2 or folds > len(case_ids):
+        raise ValueError(f"need 2 ≤ folds ≤ number of cases ({len(case_ids)}), got {folds}")
+    ids = sorted(case_ids)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    chunks = [sorted(order[i::folds]) for i in range(folds)]
+    return [
+        {"train": sorted(set(ids) - set(chunk)), "val": chunk} for chunk in chunks
+    ]
+
+
+def load_splits(path: Path, case_ids: list[str]) -> list[dict[str, list[str]]]:
+    """Read and check a splits file (list of {"train": [...], "val": [...]})."""
+    try:
+        splits = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read splits ({exc})") from None
+    if not isinstance(splits, list) or not all(
+        isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits
+    ):
+        raise ConfigError(f"{path}: expected a list of {{'train': [...], 'val': [...]}}")
+    known = set(case_ids)
+    for k, s in enumerate(splits):
+        unknown = sorted((set(s["train"]) | set(s["val"])) - known)
+        if unknown:
+            raise ConfigError(f"{path}: fold {k} names unknown cases {unknown[:5]}")
+    return splits
+
+
+def cross_validate(
+    data: Path,
+    out: Path,
+    config: TrainConfig,
+    folds: int = 5,
+    *,
+    splits_file: Path | None = None,
+    only_folds: list[int] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train every fold (resuming unfinished ones), predict out-of-fold cases, evaluate.
+
+    Returns the summary also written to ``out/summary.json``.
+    """
+    from transmed.training.oof import predict_out_of_fold, summary_table
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder, ids = prepare_data(Path(data), out / "preprocessed", progress)
+    splits_path = out / "splits.json"
+    if splits_file is not None:
+        splits = load_splits(splits_file, ids)
+        write_json(splits, splits_path)
+    elif splits_path.is_file():
+        splits = load_splits(splits_path, ids)
+    else:
+        splits = make_folds(ids, folds, config.seed)
+        write_json(splits, splits_path)
+    if only_folds is not None and any(not 0 <= f < len(splits) for f in only_folds):
+        raise ConfigError(f"--fold must be in 0..{len(splits) - 1}, got {only_folds}")
+    for k in only_folds if only_folds is not None else range(len(splits)):
+        run_dir = out / f"fold_{k}"
+        if (run_dir / "checkpoints" / "final.pt").is_file():
+            continue  # fold done
+        resume = (run_dir / "checkpoints" / "latest.pt").is_file()
+        if not resume and run_dir.exists():
+            raise ConfigError(f"{run_dir}: exists without a checkpoint; remove it to retrain")
+        train(folder, run_dir, config, resume=resume, split=splits[k], preprocessed_cache=folder,
+              device=device, progress=progress, evaluate=False)  # fmt: skip
+    write_json({**config.model_dump(mode="json"), "data": str(data)}, out / "config.json")
+    evaluation = predict_out_of_fold(out, folder, splits, progress=progress)
+    summary = {"folds": len(splits), "evaluation": evaluation.get("metrics", {}),
+               "table": summary_table(evaluation)}  # fmt: skip
+    write_json(summary, out / "summary.json")
+    return summary
