@@ -17,13 +17,15 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	touch $@
 
 demo: setup
-	$(VENV)/bin/transmed bench complexity
+	$(VENV)/bin/transmed demo --out demo
 
 test: setup
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 bench: setup
 	$(VENV)/bin/transmed bench complexity
+	$(VENV)/bin/transmed bench dynconv
+	$(VENV)/bin/transmed bench training
 
 lint: setup
 	$(VENV)/bin/ruff check src tests

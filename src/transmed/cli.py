@@ -66,8 +66,8 @@ def demo_cmd(
     test_cases: int = typer.Option(8, "--test-cases", min=1, help="Held-out cases."),
     shape: tuple[int, int, int] = typer.Option((96, 96, 64), "--shape", help="Volume D H W."),
     models: str = typer.Option("transmed_full,unet", "--models", help="Comma-separated."),
-    epochs: int = typer.Option(8, "--epochs", min=1),
-    iters: int = typer.Option(20, "--iters-per-epoch", min=1),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    iters: int = typer.Option(30, "--iters-per-epoch", min=1),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """The main job: synthetic cohort → train each model → evaluate → compare → HTML report."""

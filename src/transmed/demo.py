@@ -24,8 +24,8 @@ class DemoSettings:
     test_cases: int = 8
     shape: tuple[int, int, int] = (96, 96, 64)  # synthetic volume (≈ 2.4 mm voxels)
     models: tuple[str, ...] = ("transmed_full", "unet")
-    epochs: int = 8
-    iters_per_epoch: int = 20
+    epochs: int = 10
+    iters_per_epoch: int = 30
     patch_size: tuple[int, int, int] = (64, 64, 48)
     batch_size: int = 2
     seed: int = 0
@@ -52,7 +52,9 @@ def train_config(settings: DemoSettings, model: str) -> TrainConfig:
     )
 
 
-def run_demo(out: Path, settings: DemoSettings | None = None, progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    out: Path, settings: DemoSettings | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Run the study into ``out`` (resumable: finished stages are kept). Returns paths."""
     from transmed.data.synth import generate_cohort
     from transmed.evaluation.compare import compare
@@ -92,7 +94,8 @@ SCALE_UP = """
 Scale the same study up to a real BraTS copy on a GPU:
   transmed data index /data/BraTS2021
   transmed cv --data /data/BraTS2021 --model transmed_full --folds 5 --out cv/transmed_full
-  transmed cv --data /data/BraTS2021 --model unet --folds 5 --out cv/unet --splits cv/transmed_full/splits.json
+  transmed cv --data /data/BraTS2021 --model unet --folds 5 --out cv/unet \\
+      --splits cv/transmed_full/splits.json
   transmed compare cv/unet cv/transmed_full --out comparison
   transmed report cv/transmed_full
 (defaults: 128³ patches, 100 epochs × 250 steps, bf16 on the GPU; see `transmed train --help`)

@@ -89,3 +89,10 @@ def test_bad_arguments_are_refused() -> None:
         check_size((0, 16, 16))
     res = CliRunner().invoke(app, ["bench", "complexity", "--models", "nope", "--no-scaling"])
     assert res.exit_code != 0 and "unknown model" in res.output
+
+
+def test_measure_model_reports_fixed_size_in_the_child_path_too() -> None:
+    from transmed.bench.complexity import measure_model
+
+    entry = measure_model("unetr", (32, 16, 16), repeats=1, model_kwargs={"img_size": 16})
+    assert entry["status"] == "n/a" and entry["reason"] == "n/a (fixed size 16×16×16)"

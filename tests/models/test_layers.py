@@ -1,4 +1,4 @@
-"""Axial attention against a brute-force reference; dynamic convolution against a per-sample loop."""
+"""Axial attention vs a brute-force reference; dynamic convolution vs a per-sample loop."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _reference_axis(attn, x: torch.Tensor, axis: int) -> torch.Tensor:
 def _reference_block(block: AxialAttentionBlock3d, x: torch.Tensor) -> torch.Tensor:
     t = x.permute(0, 2, 3, 4, 1)
     h = block.norm1(t)
-    for axis, attn in zip((1, 2, 3), block.attn):
+    for axis, attn in zip((1, 2, 3), block.attn, strict=False):
         h = _reference_axis(attn, h, axis)
     t = t + block.proj(h)
     t = t + block.mlp(block.norm2(t))
@@ -61,6 +61,17 @@ def test_axial_block_matches_brute_force(spatial: tuple[int, int, int]) -> None:
     _randomise(block)  # non-trivial biases, including beyond-reach clipping (length > 4)
     x = torch.randn(2, 8, *spatial, dtype=torch.float64)
     torch.testing.assert_close(block(x), _reference_block(block, x), rtol=1e-9, atol=1e-9)
+
+
+def test_axial_block_inference_kernel_matches_brute_force() -> None:
+    # Without grad torch picks the fused CPU kernel (4D mask); with grad, the math kernel.
+    block = AxialAttentionBlock3d(16, num_heads=4, max_len=6)
+    _randomise(block)
+    x = torch.randn(1, 16, 9, 7, 8)
+    with torch.no_grad():
+        ref = _reference_block(block, x)
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_each_axis_mixes_only_along_its_axis() -> None:

@@ -83,7 +83,7 @@ def test_grad_checkpointing_same_outputs_and_grads(name: str) -> None:
     y0, g0, saved0 = run(False)
     y1, g1, saved1 = run(True)
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=False):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -148,7 +148,7 @@ def test_ablation_variants_differ_only_in_switches() -> None:
     axial = {k for k, _ in create_model("transmed_a").named_parameters()}
     full = create_model("transmed_full")
     assert base < axial and any("attn" in k for k in axial - base)
-    assert not full.dynamic is False and full.axial
+    assert full.dynamic and full.axial
     dyn_keys = {k for k, _ in create_model("transmed_d").named_parameters()}
     assert any(k.endswith("attention.0.weight") for k in dyn_keys)
 

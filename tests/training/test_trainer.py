@@ -136,7 +136,9 @@ def test_config_validation_names_the_key(tmp_path: Path) -> None:
 
 
 def test_cli_user_errors_exit_cleanly(tiny_brats: Path, tmp_path: Path) -> None:
-    r = runner.invoke(app, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    r = runner.invoke(
+        app, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and "not found" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["train", "--out", str(tmp_path / "none"), "--resume"])
     assert r.exit_code == 2 and "nothing to resume" in r.output
@@ -238,3 +240,29 @@ def test_demo_pipeline_tiny(tmp_path: Path) -> None:
     assert result["report"].is_file() and "transmed_full" in result["comparison"]
     for model in settings.models:
         assert (tmp_path / "demo" / "runs" / model / "evaluation.csv").is_file()
+
+
+def test_deep_supervision_and_checkpointing_run(
+    tiny_brats: Path, tmp_path: Path, tiny_config: dict
+) -> None:
+    cfg = TrainConfig(**{**tiny_config, "model": "transmed_full", "epochs": 1,
+                         "deep_supervision": True, "grad_checkpointing": True,
+                         "model_kwargs": {"features": [8, 16, 32, 32], "attention_head_dim": 8}})
+    result = train(tiny_brats, tmp_path / "ds", cfg, progress=False)
+    assert result.epochs_run == 1 and result.nonfinite_steps == 0
+    ckpt = load_checkpoint(tmp_path / "ds" / "checkpoints" / "final.pt")
+    assert ckpt["model_config"]["kwargs"]["deep_supervision"] is True
+    assert any(k.startswith("aux_heads.") for k in ckpt["model"])
+    assert ckpt["preprocess_config"]["reference"] == "t1ce"
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path: Path) -> None:
+    from transmed.models import create_model
+    from transmed.training.checkpoint import save_checkpoint
+
+    unet = create_model("unet", features=(8, 16, 32, 32))
+    other = create_model("transmed_d", features=(8, 16, 32, 32))
+    path = tmp_path / "mixed.pt"
+    save_checkpoint(path, {"model": other.state_dict(), "model_config": unet.config})
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(path)

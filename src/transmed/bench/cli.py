@@ -182,3 +182,52 @@ def _check_cuda(device: str) -> None:
 
     if not torch.cuda.is_available():
         raise typer.BadParameter(f"no CUDA device available for {device!r}", param_hint="--device")
+
+
+@app.command("dynconv")
+def dynconv_cmd(
+    repeats: int = typer.Option(20, "--repeats", min=1, help="Interleaved timed pairs."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Folder for the JSON and Markdown."),
+) -> None:
+    """Dynamic vs static 3×3×3 convolution of the same shape (target: ≤ 1.10× at batch 1)."""
+    from transmed.bench.dynamic_conv import run_dynamic_conv_benchmark, to_markdown
+    from transmed.bench.results import machine_info, now_iso, write_results
+
+    rows = run_dynamic_conv_benchmark(repeats=repeats)
+    date = now_iso()
+    md = "\n".join([
+        f"# Dynamic convolution overhead ({date})", "",
+        "`DynamicConv3d` (K = 4 kernels mixed per sample) against `nn.Conv3d` of the same shape, "
+        "forward, fp32, `inference_mode`, interleaved pairs; median of the per-pair ratios. "
+        "Target: ≤ 1.10× at batch size 1.", "", to_markdown(rows), "",
+    ])  # fmt: skip
+    paths = write_results(out, "dynamic_conv", {"date": date, "machine": machine_info("cpu"),
+                                                "rows": rows}, md)  # fmt: skip
+    typer.echo(md)
+    typer.echo(f"Wrote {paths['json']} and {paths['markdown']}")
+
+
+@app.command("training")
+def training_cmd(
+    models: str = typer.Option("transmed_full", "--models", help="Comma-separated names."),
+    patch: int = typer.Option(128, "--patch", min=16, help="Cubic patch side (voxels)."),
+    batch: int = typer.Option(2, "--batch", min=1),
+    steps: int = typer.Option(2, "--steps", min=1, help="Timed steps per child process."),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="Alternating rounds."),
+    precisions: str = typer.Option("fp32,bf16", "--precisions", help="Comma-separated."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Folder for the JSON and Markdown."),
+) -> None:
+    """Training step time and peak memory: grad checkpointing on/off, fp32 vs bf16."""
+    from transmed.bench.training import (
+        run_training_benchmark,
+        training_markdown,
+        write_training_benchmark,
+    )
+
+    result = run_training_benchmark(
+        tuple(m.strip() for m in models.split(",") if m.strip()), patch, batch, steps, rounds,
+        tuple(p.strip() for p in precisions.split(",") if p.strip()),
+    )  # fmt: skip
+    paths = write_training_benchmark(result, str(out))
+    typer.echo(training_markdown(result))
+    typer.echo(f"Wrote {paths['json']} and {paths['markdown']}")

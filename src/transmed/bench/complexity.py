@@ -293,7 +293,9 @@ def complexity_markdown(result: dict[str, Any], target: str = "transmed_full") -
         f"forward(s) (`time.perf_counter`); {s['repeats']} timed forwards requested, fewer for "
         "models whose forward exceeds the per-model budget (column *runs*). Each model ran in "
         "its own fresh child process. FLOPs: `torch.utils.flop_counter.FlopCounterMode`, one "
-        "forward (multiply-add = 2 FLOPs; matmul, convolution and attention only). Peak "
+        "forward (multiply-add = 2 FLOPs; matmul, convolution and attention only). A large "
+        "IQR, or a min far below the median, means other processes competed for the cores "
+        "during the run. Peak "
         "memory: *forward* = peak − baseline after model and input were built (the forward's "
         "working memory); *process* = the absolute peak "
         + (
@@ -302,23 +304,25 @@ def complexity_markdown(result: dict[str, Any], target: str = "transmed_full") -
             else "resident set size (includes Python, torch and the weights)."
         ),
         "",
-        f"| model | params (M) | GFLOPs | median (s) | IQR (s) | runs | time vs {ref or '—'} "
+        f"| model | params (M) | GFLOPs | median (s) | IQR (s) | min (s) | runs "
+        f"| time vs {ref or '—'} "
         f"| params vs {ref or '—'} | forward peak (MiB) | process peak (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in result["models"]:
         name = e["name"]
         if e.get("status") != "ok":
             reason = e.get("reason", "failed").splitlines()[0]
             params = f"{e['params'] / 1e6:.2f}" if e.get("params") is not None else "—"
-            lines.append(f"| {name} | {params} | {reason} | | | | | | | |")
+            lines.append(f"| {name} | {params} | {reason} | | | | | | | | |")
             continue
         lat, mem = e["latency"], e["memory"]
         tr = "—" if e.get("time_ratio") is None else f"{e['time_ratio']:.2f}×"
         pr = "—" if e.get("param_ratio") is None else f"{e['param_ratio']:.2f}×"
         lines.append(
             f"| {name} | {e['params'] / 1e6:.2f} | {e['flops'] / 1e9:,.1f} | "
-            f"{lat['median_s']:.3f} | {lat['iqr_s']:.3f} | {e['repeats']} | {tr} | {pr} | "
+            f"{lat['median_s']:.3f} | {lat['iqr_s']:.3f} | {lat['min_s']:.3f} | {e['repeats']} "
+            f"| {tr} | {pr} | "
             f"{_mib(mem['forward_peak_bytes'])} | {_mib(mem['peak_bytes'])} |"
         )
     lines += ["", "## Target", "", target_sentence(result, target), ""]

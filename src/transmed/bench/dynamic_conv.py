@@ -47,7 +47,7 @@ def measure_dynamic_conv(
                 t0 = time.perf_counter()
                 module(x)
                 times.append(time.perf_counter() - t0)
-    ratios = [d / s for d, s in zip(t_dynamic, t_static)]
+    ratios = [d / s for d, s in zip(t_dynamic, t_static, strict=True)]
     return DynConvResult(
         channels, grid, batch,
         statistics.median(t_static) * 1e3, statistics.median(t_dynamic) * 1e3,

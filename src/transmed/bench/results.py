@@ -10,9 +10,10 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from transmed.io.atomic import atomic_write_text
 
 
 def cpu_model_name() -> str:
@@ -101,24 +102,8 @@ def machine_markdown(machine: dict[str, Any], date: str) -> str:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename.
-
-    A reader (or a crash) never sees a half-written file; an existing file is replaced only once
-    the new one is complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically (see :mod:`transmed.io.atomic`)."""
+    return atomic_write_text(path, text)
 
 
 def write_results(out_dir: str | Path, stem: str, data: dict[str, Any], markdown: str) -> dict:

@@ -60,8 +60,10 @@ def synth_cmd(
         folders = generate_cohort(out, cases, seed, shape=tuple(shape), progress=True)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    typer.echo(f"Wrote {len(folders)} synthetic case(s) to {out.resolve()} (seed {seed}, "
-               f"shape {' x '.join(map(str, shape))})")
+    typer.echo(
+        f"Wrote {len(folders)} synthetic case(s) to {out.resolve()} (seed {seed}, "
+        f"shape {' x '.join(map(str, shape))})"
+    )
 
 
 @app.command("preprocess")

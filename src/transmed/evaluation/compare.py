@@ -29,8 +29,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ import numpy as np
 
 from transmed.data.labels import REGIONS
 from transmed.evaluation.metrics import METRICS
+from transmed.io.atomic import atomic_write_bytes
 
 #: Regions of every table: the three BraTS regions and their per-case mean.
 SUMMARY_REGIONS: tuple[str, ...] = (*REGIONS, "mean")
@@ -57,23 +56,6 @@ METRIC_NAMES: dict[str, str] = {
 _MM = {"hd95", "lesion_hd95"}
 #: Box plots written by :func:`write_comparison` for these metrics when compared.
 PLOTTED_METRICS: tuple[str, ...] = ("dice", "hd95")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary result files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def json_safe(value: Any) -> Any:

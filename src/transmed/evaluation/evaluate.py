@@ -29,9 +29,7 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -44,6 +42,7 @@ import numpy as np
 from transmed.data.labels import REGIONS, LabelConvention, get_convention, to_internal
 from transmed.data.validation import GRID_ATOL_MM  # pred/ref affines may differ this much (mm)
 from transmed.evaluation.metrics import METRICS, region_metrics
+from transmed.io.atomic import atomic_write_text
 from transmed.io.nifti import DEFAULT_MAX_VOXELS, check_nifti_header, load_volume
 
 #: Names accepted by ``labels``/``pred_labels`` besides "auto".
@@ -430,22 +429,6 @@ def output_paths(out: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path``, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -463,7 +446,7 @@ def write_report(report: EvaluationReport, out: str | Path) -> tuple[Path, Path]
     writer = csv.DictWriter(buffer, fieldnames=list(report.columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(report.rows())
-    _atomic_write_text(csv_path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
     summary = _json_safe({**report.summary(), "csv": str(csv_path)})
-    _atomic_write_text(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return csv_path, json_path

@@ -38,10 +38,10 @@ from transmed.evaluation.compare import (
     METRIC_NAMES,
     SUMMARY_REGIONS,
     RunResults,
-    atomic_write_bytes,
     format_mean_sd,
     load_run,
 )
+from transmed.io.atomic import atomic_write_bytes
 
 #: Background modalities of the overlays, in order of preference.
 BACKGROUND_MODALITIES: tuple[str, ...] = ("flair", "t1ce", "t2", "t1")

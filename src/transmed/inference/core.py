@@ -48,12 +48,13 @@ def predict_probabilities(
     x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
     x = x.to(device=device, dtype=torch.float32)[None]  # (1, C, D, H, W)
     fixed = getattr(model, "fixed_size", None)
-    if roi_size is None and fixed is not None and any(s > f for s, f in zip(x.shape[2:], fixed)):
+    too_big = fixed is not None and any(s > f for s, f in zip(x.shape[2:], fixed, strict=True))
+    if roi_size is None and too_big:
         roi_size = tuple(fixed)
 
     def run(t: torch.Tensor) -> torch.Tensor:
         with autocast(device, precision):
-            if roi_size is None or all(s <= r for s, r in zip(t.shape[2:], roi_size)):
+            if roi_size is None or all(s <= r for s, r in zip(t.shape[2:], roi_size, strict=False)):
                 return _forward(model, t).float()
             return sliding_window_inference(
                 t, roi_size, sw_batch_size, lambda p: _forward(model, p).float(),

@@ -85,7 +85,9 @@ class Predictor:
             try:
                 model.load_state_dict(ckpt["model"])
             except RuntimeError as exc:
-                raise CheckpointError(f"{ckpt_path}: weights do not match its config ({exc})")
+                raise CheckpointError(
+                    f"{ckpt_path}: weights do not match its config ({exc})"
+                ) from None
             models.append(model.to(device).eval())
             patch = tuple(ckpt.get("train_config", {}).get("patch_size") or ()) or None
             prep = ckpt.get("preprocess_config") or prep

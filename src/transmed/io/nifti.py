@@ -6,13 +6,13 @@ voxel-count cap, spacing, affine) runs on the header alone; only then is the arr
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from transmed.io.atomic import atomic_path
 
 #: Refuse volumes larger than this many voxels per 3D volume (≈ 512³). Configurable per call.
 DEFAULT_MAX_VOXELS = 512**3
@@ -148,14 +148,6 @@ def save_volume(
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix) as tmp:
+        nib.save(img, str(tmp))
     return path

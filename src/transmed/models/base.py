@@ -64,7 +64,7 @@ class SegmentationModel(nn.Module):
         if min(x.shape[2:]) < 1 or x.shape[0] < 1:
             raise ValueError(f"empty input shape {tuple(x.shape)}")
         if self.fixed_size is not None and any(
-            s > f for s, f in zip(x.shape[2:], self.fixed_size)
+            s > f for s, f in zip(x.shape[2:], self.fixed_size, strict=False)
         ):
             raise ValueError(
                 f"{type(self).__name__} takes spatial sizes up to {self.fixed_size} (fixed "
@@ -87,7 +87,8 @@ class SegmentationModel(nn.Module):
         self.check_input(x)
         spatial = tuple(x.shape[2:])
         target = self.padded_size(spatial)
-        pad = [p for s, t in zip(reversed(spatial), reversed(target)) for p in (0, t - s)]
+        # F.pad takes (W_lo, W_hi, H_lo, H_hi, D_lo, D_hi): pad at the end of each axis.
+        pad = [p for s, t in zip(spatial[::-1], target[::-1], strict=True) for p in (0, t - s)]
         if any(pad):
             x = F.pad(x, pad)  # zero = background after z-scoring
         out = self.forward_padded(x)
@@ -101,8 +102,8 @@ class SegmentationModel(nn.Module):
 
 def _crop(y: torch.Tensor, spatial: tuple[int, ...], padded: tuple[int, ...]) -> torch.Tensor:
     # Outputs at a coarser scale (deep supervision) are cropped proportionally, rounding up.
-    scale = [p // o for p, o in zip(padded, y.shape[2:])]
-    size = [math.ceil(s / max(f, 1)) for s, f in zip(spatial, scale)]
+    scale = [p // o for p, o in zip(padded, y.shape[2:], strict=False)]
+    size = [math.ceil(s / max(f, 1)) for s, f in zip(spatial, scale, strict=False)]
     if list(y.shape[2:]) == size:
         return y
     return y[:, :, : size[0], : size[1], : size[2]]

@@ -1,4 +1,6 @@
-"""The TransMed backbone and its four ablation variants (unet, transmed_a, transmed_d, transmed_full).
+"""The TransMed backbone and its four ablation variants.
+
+Registered as unet, transmed_a, transmed_d and transmed_full.
 
 One definition, ``TransMedNet``; the variants differ only in two switches, so the ablation
 compares like with like:
@@ -99,17 +101,15 @@ class TransMedNet(SegmentationModel):
         self.deep_supervision = deep_supervision
         ckpt = lambda: self.grad_checkpointing  # noqa: E731 - one switch for all stages
 
-        self.full_res = nn.Sequential(
-            nn.Conv3d(in_channels, full_res_channels, 3, padding=1),
-            nn.LeakyReLU(0.01, inplace=True),
-        )
+        # Stem and head stay outside activation checkpointing: checkpointing them too measured
+        # 1.59× the step time (vs 1.31×) for no further memory saving at 128³ (bench training).
         self.stem = nn.Sequential(
             nn.Conv3d(in_channels, features[0], 3, stride=2, padding=1, bias=False),
             make_norm(norm, features[0]),
             nn.LeakyReLU(0.01, inplace=True),
         )
         encoders = []
-        for i, (f, nb) in enumerate(zip(features, encoder_blocks)):
+        for i, (f, nb) in enumerate(zip(features, encoder_blocks, strict=False)):
             blocks: list[nn.Module] = []
             for b in range(nb):
                 cin = features[i - 1] if (b == 0 and i > 0) else f
@@ -137,9 +137,7 @@ class TransMedNet(SegmentationModel):
             )
             for i in range(n - 1)
         )
-        self.up_full = nn.ConvTranspose3d(features[0], full_res_channels, 2, stride=2)
-        self.act = nn.LeakyReLU(0.01, inplace=True)
-        self.head = nn.Conv3d(full_res_channels, out_channels, 1)
+        self.head = FullResolutionHead(in_channels, features[0], full_res_channels, out_channels)
         # Heads exist only with deep supervision, so no parameter goes without a gradient.
         self.aux_heads = nn.ModuleList(
             nn.Conv3d(features[i], out_channels, 1)
@@ -163,12 +161,32 @@ class TransMedNet(SegmentationModel):
             h = self.ups[i](h) + skips[i]  # (B, f_i, D/2^(i+1), ...)
             h = self.decoders[i](h)
             decoded.append(h)
-        y = self.act(self.up_full(h) + self.full_res(x))  # (B, full_res_channels, D, H, W)
-        logits = self.head(y)  # (B, Cout, D, H, W)
+        logits = self.head(h, x)  # (B, Cout, D, H, W)
         if self.deep_supervision and self.training:
             aux = [head(decoded[-1 - i]) for i, head in enumerate(self.aux_heads)]
             return [logits, *aux]  # full, 1/2, 1/4 resolution
         return logits
+
+
+class FullResolutionHead(nn.Module):
+    """×2 learned up-sampling of the half-resolution features plus a thin full-resolution
+    branch on the input, then 1×1×1 logits.
+
+    Shape: h (B, f0, D/2, H/2, W/2), x (B, Cin, D, H, W) → (B, Cout, D, H, W).
+    """
+
+    def __init__(self, in_channels: int, f0: int, width: int, out_channels: int) -> None:
+        super().__init__()
+        self.full_res = nn.Sequential(
+            nn.Conv3d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.01, inplace=True)
+        )
+        self.up = nn.ConvTranspose3d(f0, width, 2, stride=2)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+        self.out = nn.Conv3d(width, out_channels, 1)
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.up(h) + self.full_res(x))  # (B, width, D, H, W)
+        return self.out(y)  # (B, Cout, D, H, W)
 
 
 def _check_args(

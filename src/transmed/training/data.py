@@ -42,15 +42,16 @@ def choose_patch_origin(
         if fg.size:
             centre = np.unravel_index(fg[rng.integers(fg.size)], label.shape)
             return tuple(  # type: ignore[return-value]
-                int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, patch, shape)
+                int(np.clip(c - p // 2, 0, s - p))
+                for c, p, s in zip(centre, patch, shape, strict=True)
             )
-    return tuple(int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch))  # type: ignore[return-value]
+    return tuple(int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch, strict=False))  # type: ignore[return-value]
 
 
 def pad_to(array: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     """Zero-pad the last three axes symmetrically up to at least ``size``."""
     pads = [(0, 0)] * (array.ndim - 3)
-    for s, p in zip(array.shape[-3:], size):
+    for s, p in zip(array.shape[-3:], size, strict=False):
         extra = max(0, p - s)
         pads.append((extra // 2, extra - extra // 2))
     return np.pad(array, pads) if any(sum(p) for p in pads) else array
@@ -110,7 +111,7 @@ class PatchDataset(Dataset):
         image, label = pad_to(image, self.patch_size), pad_to(label, self.patch_size)
         fg = rng.random() < self.foreground_prob
         o = choose_patch_origin(label.shape, self.patch_size, label, fg, rng)
-        sl = tuple(slice(a, a + p) for a, p in zip(o, self.patch_size))
+        sl = tuple(slice(a, a + p) for a, p in zip(o, self.patch_size, strict=False))
         img = np.ascontiguousarray(image[(slice(None), *sl)])  # (4, *patch)
         lab = np.ascontiguousarray(label[sl])  # (*patch)
         if self._pipeline is not None:

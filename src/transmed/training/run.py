@@ -83,13 +83,21 @@ def train(
         config, split, data = read_run_config(out)
     if config is None:
         raise ConfigError("a config is needed to start a run")
-    folder, ids = prepare_data(Path(data), preprocessed_cache or out / "preprocessed", progress)
+    from transmed.training.distributed import init_distributed
+
+    ctx = init_distributed()
+    cache = preprocessed_cache or out / "preprocessed"
+    if not ctx.is_main:  # rank 0 preprocesses; the others then find its cache
+        ctx.barrier()
+    folder, ids = prepare_data(Path(data), cache, progress and ctx.is_main)
+    if ctx.is_main:
+        ctx.barrier()
     if split is None:
         split = split_cases(ids, config.val_fraction, config.seed)
     unknown = sorted((set(split.get("train", [])) | set(split.get("val", []))) - set(ids))
     if unknown:
         raise TrainingError(f"split names cases the data do not have: {unknown[:5]}")
-    trainer = Trainer(config, folder, out, split, device=device, progress=progress)
+    trainer = Trainer(config, folder, out, split, device=device, progress=progress, dist_ctx=ctx)
     if trainer.ctx.is_main and not resume:
         write_run_files(out, config, split, Path(data))
     trainer.ctx.barrier()

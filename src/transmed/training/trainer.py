@@ -220,8 +220,9 @@ class Trainer:
         )  # fmt: skip
         mine = Subset(dataset, range(ctx.rank, per_rank * ctx.world_size, ctx.world_size))
         writer = self._writer() if ctx.is_main else None
-        bar = tqdm(total=total, initial=start_epoch * cfg.iters_per_epoch, disable=not self.progress,
-                   desc=f"train {cfg.model}", unit="step", dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(total=total, initial=start_epoch * cfg.iters_per_epoch,
+                   disable=not self.progress, desc=f"train {cfg.model}", unit="step",
+                   dynamic_ncols=True)  # fmt: skip
         nonfinite_total = sum(int(h.get("nonfinite_steps", 0)) for h in history)
         last_val: dict[str, float] = {}
         for epoch in range(start_epoch, cfg.epochs):
@@ -243,8 +244,9 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(self.device, self.precision):
                     out = model(x)
-                    loss = loss_fn([o.float() for o in out] if isinstance(out, list) else out.float(), y)
-                if not torch.isfinite(loss):
+                    out = [o.float() for o in out] if isinstance(out, list) else out.float()
+                    loss = loss_fn(out, y)
+                if not self._all_finite(loss):
                     nonfinite, consecutive = nonfinite + 1, consecutive + 1
                     if consecutive >= cfg.max_nonfinite:
                         raise TrainingError(
@@ -296,6 +298,14 @@ class Trainer:
             writer.close()
         return TrainResult(self.out_dir, best, len(history), nonfinite_total)
 
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether every rank's loss is finite: all ranks skip a step together, or none
+        does (one rank skipping its backward would leave the others waiting in all-reduce)."""
+        ok = torch.isfinite(loss.detach()).to(torch.int32)
+        if self.ctx.enabled:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok.item())
+
     def _writer(self) -> Any:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -311,10 +321,9 @@ class Trainer:
         w.writeheader()
         for row in history:
             w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
-        from transmed.transforms.store import atomic_write
+        from transmed.io.atomic import atomic_write_text
 
-        atomic_write(self.out_dir / "metrics.csv", lambda fh: fh.write(buf.getvalue().encode()),
-                      ".csv")  # fmt: skip
+        atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
 
     def _log(self, row: dict[str, Any], writer: Any) -> None:
         path = self.out_dir / "metrics.csv"

@@ -9,38 +9,19 @@ prediction back on the original grid). A folder of these plus ``dataset.json`` i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from transmed.io.atomic import atomic_write
 from transmed.transforms.preprocess import PreprocessedCase, PreprocessRecord
 
 #: Refuse arrays with more voxels than this per channel when reading (≈ 512³).
 MAX_VOXELS = 512**3
 
 
-def atomic_write(path: Path, write: Any, suffix: str) -> Path:
-    """Call ``write(file_object)`` on a temp file in ``path``'s folder, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the result is an ordinary data file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-_atomic_write = atomic_write  # the name callers used before it was made public
 
 
 def write_json(data: Any, path: str | Path) -> Path:

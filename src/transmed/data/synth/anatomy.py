@@ -175,9 +175,7 @@ def _crop_to_head(
     return [v[box] for v in volumes], shifted
 
 
-def _block_mean(
-    data: np.ndarray, affine: np.ndarray, factor: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _block_mean(data: np.ndarray, affine: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Average (C, X, Y, Z) over factor^3 blocks; the affine follows the block centres."""
     c, *shape = data.shape
     n = [s // factor for s in shape]

@@ -83,7 +83,7 @@ def generate_cohort(
                 bar.update()
             return folders
         template = load_template(grid.spacing)  # derived once, handed to the workers
-        with tempfile.TemporaryDirectory(prefix=".synth-", dir=out_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="transmed-synth-") as tmp:
             template_file = os.path.join(tmp, "template.npz")
             np.savez(template_file, data=template.data, affine=template.affine)
             # spawn, not fork: forking a process whose torch thread pool is live can deadlock

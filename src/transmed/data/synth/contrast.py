@@ -16,7 +16,10 @@ Image model at each brain voxel, per modality ``m`` (intensities relative to whi
 Relative means follow the usual appearance: CSF dark on T1/FLAIR and bright on T2, WM brighter
 than GM on T1 and darker on T2, ET bright on T1ce only, oedema bright on T2/FLAIR, necrosis dark
 on T1/T1ce and bright on T2. The per-subject jitter (log-normal, sigma 0.07, clipped at 2 sigma)
-is small enough that these orderings always hold.
+is small enough that these orderings always hold. Three means are redrawn relative to others so
+that classes overlap the way they do in real scans (and one threshold cannot separate them):
+oedema on FLAIR = 1.12-1.32 x cortex, bright normal structures on T1ce = 0.95-1.25 x the
+enhancing rim, necrosis on FLAIR anywhere in 0.6-1.3 x WM.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ CLASSES: tuple[str, ...] = ("csf", "gm", "wm", "ncr", "ed", "et", "bright")
 BASE_MEANS = np.array(
     [
         [0.32, 0.34, 2.60, 0.30],  # csf
-        [0.72, 0.74, 1.40, 1.22],  # gm
+        [0.72, 0.74, 1.40, 1.30],  # gm
         [1.00, 1.00, 1.00, 1.00],  # wm
         [0.42, 0.48, 2.30, 0.95],  # ncr: dark T1/T1ce, bright T2; FLAIR redrawn per subject
-        [0.72, 0.74, 1.95, 1.55],  # ed: bright T2/FLAIR
+        [0.72, 0.74, 1.95, 1.60],  # ed: bright T2/FLAIR
         [0.78, 1.50, 1.55, 1.45],  # et: bright T1ce
         [0.80, 1.55, 0.70, 0.85],  # bright normal structures (vessels, dura, choroid plexus)
     ],
@@ -88,12 +91,18 @@ class ContrastParams:
         }
 
 
-def sample_contrast(rng: np.random.Generator, spacing_mm: tuple[float, float, float]) -> ContrastParams:
+def sample_contrast(
+    rng: np.random.Generator, spacing_mm: tuple[float, float, float]
+) -> ContrastParams:
     """Draw one subject's appearance parameters."""
     jitter = np.exp(np.clip(rng.normal(0.0, 0.07, BASE_MEANS.shape), -0.14, 0.14))
     means = BASE_MEANS * jitter
     means[2] = 1.0  # WM is the reference
     means[3, 3] = rng.uniform(0.6, 1.3)  # necrosis on FLAIR: cyst-like dark to proteinaceous
+    # oedema on FLAIR relative to this subject's cortex: bright, but not a separate band
+    means[4, 3] = means[1, 3] * rng.uniform(1.12, 1.32)
+    # vessels / dura / choroid plexus enhance about as much as the tumour rim
+    means[6, 1] = means[5, 1] * rng.uniform(0.95, 1.25)
     return ContrastParams(
         means=means,
         texture=float(rng.uniform(0.02, 0.05)),
@@ -104,17 +113,15 @@ def sample_contrast(rng: np.random.Generator, spacing_mm: tuple[float, float, fl
         bias_mix=tuple(float(v) for v in rng.uniform(0.0, np.pi, 4)),
         bias_smoothness_mm=float(rng.uniform(40.0, 80.0)),
         pv_width_mm=float(rng.uniform(0.8, 1.4) * max(spacing_mm)),
-        periventricular=float(rng.uniform(0.1, 0.5)),
-        wmh_threshold=float(rng.uniform(1.8, 3.0)),
+        periventricular=float(rng.uniform(0.2, 0.6)),
+        wmh_threshold=float(rng.uniform(1.3, 2.6)),
         vessel_width=float(rng.uniform(0.08, 0.16)),
         dura_mm=float(rng.uniform(1.0, 2.5)),
         scale=tuple(float(v) for v in rng.uniform(400.0, 1200.0, 4)),
     )
 
 
-def coarse_fields(
-    rng: np.random.Generator, grid: OutputGrid, params: ContrastParams
-) -> np.ndarray:
+def coarse_fields(rng: np.random.Generator, grid: OutputGrid, params: ContrastParams) -> np.ndarray:
     """Random smooth unit-std fields on the coarse grid, channels :data:`COARSE_CHANNELS`.
 
     The four modalities' bias fields are mixtures of two shared fields (same head coil and

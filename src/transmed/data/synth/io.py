@@ -9,14 +9,13 @@ smaller files). ``generation.json`` is written last, so its presence marks a com
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from transmed.data.synth.case import SynthCase, case_id
 from transmed.data.synth.contrast import MODALITY_ORDER
+from transmed.io.atomic import atomic_write_text
 from transmed.io.nifti import save_volume
 
 SIDECAR = "generation.json"
@@ -34,17 +33,7 @@ def is_complete(folder: Path) -> bool:
 
 
 def _write_json_atomic(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_case(case: SynthCase, out_dir: str | Path) -> Path:
@@ -59,7 +48,9 @@ def write_case(case: SynthCase, out_dir: str | Path) -> Path:
     return folder
 
 
-def plan_folders(out_dir: Path, n_cases: int, *, skip_existing: bool) -> tuple[list[Path], list[int]]:
+def plan_folders(
+    out_dir: Path, n_cases: int, *, skip_existing: bool
+) -> tuple[list[Path], list[int]]:
     """Case folders of a cohort and the indices still to generate.
 
     Existing non-empty case folders are never overwritten: with ``skip_existing`` a complete

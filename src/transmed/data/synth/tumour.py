@@ -87,8 +87,10 @@ def sample_tumours(
     tumours: list[TumourParams] = []
     for focus in range(count):
         small = rng.uniform() < 0.2 or focus > 0
-        radius = float(np.exp(rng.uniform(np.log(3.0), np.log(10.0)))) if small else float(
-            rng.uniform(10.0, 24.0)
+        radius = (
+            float(np.exp(rng.uniform(np.log(3.0), np.log(10.0))))
+            if small
+            else float(rng.uniform(10.0, 24.0))
         )
         ok = depth_mm > min(radius + 4.0, np.quantile(depth_mm, 0.9))
         if focus > 0 and rng.uniform() < 0.6:  # satellite near the first focus
@@ -166,7 +168,9 @@ def geodesic_distance(
     return dist.reshape(shape).astype(np.float32)
 
 
-def _core_rho(t: TumourParams, points_mm: np.ndarray, n_core: np.ndarray) -> tuple:
+def _core_rho(
+    t: TumourParams, points_mm: np.ndarray, n_core: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised radius rho and effective radius (mm) at (N, 3) points."""
     to_local = np.eye(4)
     to_local[:3, :3] = rotation_matrix(t.rotation_deg).T / np.asarray(t.axes)[:, None]

