@@ -62,24 +62,29 @@ def models_cmd() -> None:
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the whole study."),
-    cases: int = typer.Option(24, "--cases", min=3, help="Synthetic cases."),
-    test_cases: int = typer.Option(8, "--test-cases", min=1, help="Held-out cases."),
-    shape: tuple[int, int, int] = typer.Option((96, 96, 64), "--shape", help="Volume D H W."),
-    models: str = typer.Option("transmed_full,unet", "--models", help="Comma-separated."),
-    epochs: int = typer.Option(10, "--epochs", min=1),
-    iters: int = typer.Option(30, "--iters-per-epoch", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    cases: int = typer.Option(None, "--cases", min=3, help="Synthetic cases [24]."),
+    test_cases: int = typer.Option(None, "--test-cases", min=1, help="Held-out cases [8]."),
+    shape: tuple[int, int, int] = typer.Option(None, "--shape", help="Volume D H W [96 96 64]."),
+    models: str = typer.Option(None, "--models", help="Comma-separated [transmed_full,unet]."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="[10]"),
+    iters: int = typer.Option(None, "--iters-per-epoch", min=1, help="[30]"),
+    seed: int = typer.Option(None, "--seed", help="[0]"),
 ) -> None:
-    """The main job: synthetic cohort → train each model → evaluate → compare → HTML report."""
+    """The main job: synthetic cohort → train each model → evaluate → compare → HTML report.
+
+    Defaults (in brackets) are those of ``transmed.demo.DemoSettings``.
+    """
     from transmed.cli_errors import user_errors
 
     with user_errors():
         from transmed.demo import SCALE_UP, DemoSettings, run_demo
 
-        settings = DemoSettings(
-            cases=cases, test_cases=test_cases, shape=shape, epochs=epochs, iters_per_epoch=iters,
-            models=tuple(m.strip() for m in models.split(",") if m.strip()), seed=seed,
-        )  # fmt: skip
+        given = {
+            "cases": cases, "test_cases": test_cases, "shape": shape, "epochs": epochs,
+            "iters_per_epoch": iters, "seed": seed,
+            "models": tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+        }  # fmt: skip
+        settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
         result = run_demo(out, settings)
         typer.echo(result["comparison"])
         typer.echo(f"\nDone in {result['minutes']:.1f} min. Report: {result['report']}")

@@ -266,3 +266,19 @@ def test_checkpoint_from_another_model_is_refused(tmp_path: Path) -> None:
     save_checkpoint(path, {"model": other.state_dict(), "model_config": unet.config})
     with pytest.raises(CheckpointError, match="do not match"):
         load_model(path)
+
+
+def test_demo_cli_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    import transmed.demo as demo
+
+    seen = {}
+
+    def fake_run(out: Path, settings: demo.DemoSettings) -> dict:
+        seen["settings"] = settings
+        return {"comparison": "table", "minutes": 0.0, "report": out / "report.html"}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run)
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path), "--epochs", "3",
+                            "--models", "unet, segresnet"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert seen["settings"] == demo.DemoSettings(epochs=3, models=("unet", "segresnet"))

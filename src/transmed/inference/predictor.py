@@ -19,7 +19,7 @@ from transmed.data.labels import regions_to_labels
 from transmed.inference.core import predict_probabilities
 from transmed.io.nifti import Volume
 from transmed.models.base import SegmentationModel
-from transmed.training.checkpoint import CheckpointError, load_checkpoint
+from transmed.training.checkpoint import CheckpointError, load_model_and_checkpoint
 from transmed.transforms.preprocess import (
     PreprocessConfig,
     PreprocessRecord,
@@ -76,19 +76,10 @@ class Predictor:
         cls, path: str | Path, *, device: str | torch.device = "cpu", prefer: str = "final",
         **kwargs: object,
     ) -> Predictor:  # fmt: skip
-        from transmed.models import create_model_from_config
-
         models, patch, prep = [], None, None
         for ckpt_path in find_checkpoints(path, prefer):
-            ckpt = load_checkpoint(ckpt_path, device)
-            model = create_model_from_config(ckpt["model_config"])
-            try:
-                model.load_state_dict(ckpt["model"])
-            except RuntimeError as exc:
-                raise CheckpointError(
-                    f"{ckpt_path}: weights do not match its config ({exc})"
-                ) from None
-            models.append(model.to(device).eval())
+            model, ckpt = load_model_and_checkpoint(ckpt_path, device)
+            models.append(model)
             patch = tuple(ckpt.get("train_config", {}).get("patch_size") or ()) or None
             prep = ckpt.get("preprocess_config") or prep
         in_ch = {m.in_channels for m in models}

@@ -56,14 +56,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model from a checkpoint's own config and load its weights (eval mode)."""
+def load_model_and_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model from a checkpoint's own config, load its weights (eval mode), and
+    return it with the checkpoint dict (train/preprocess configs travel in it).
+
+    Raises:
+        CheckpointError: unreadable file, or a config/weights that do not rebuild the model.
+    """
     from transmed.models import create_model_from_config
 
     ckpt = load_checkpoint(path, map_location)
-    model = create_model_from_config(ckpt["model_config"])
     try:
+        model = create_model_from_config(ckpt["model_config"])
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
+    except (ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not match the model config ({exc})") from None
-    return model.eval()
+    return model.to(map_location).eval(), ckpt
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the model from a checkpoint's own config and load its weights (eval mode)."""
+    return load_model_and_checkpoint(path, map_location)[0]
