@@ -15,3 +15,32 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def make_tiny_checkpoint(path, name: str = "transmed_full", patch=(32, 32, 32), **prep):
+    """A small random-init model saved as a real TransMed checkpoint (for inference tests).
+
+    The weights are untrained, so tests use it for plumbing, shapes and geometry, never for
+    segmentation quality.
+    """
+    from dataclasses import asdict
+
+    from transmed.models import create_model
+    from transmed.training.checkpoint import save_checkpoint
+    from transmed.transforms.preprocess import PreprocessConfig
+
+    kwargs = {"features": (8, 16, 32, 64)} if name.startswith(("transmed", "unet")) else {}
+    model = create_model(name, **kwargs)
+    prep.setdefault("target_spacing", (2.0, 2.0, 2.0))
+    config = PreprocessConfig(**prep)
+    return save_checkpoint(path, {
+        "model": model.state_dict(), "model_config": model.config,
+        "train_config": {"patch_size": list(patch)},
+        "preprocess_config": asdict(config),
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Path to a small untrained transmed_full checkpoint (2 mm network grid, 32³ patches)."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")

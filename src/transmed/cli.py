@@ -15,6 +15,8 @@ from transmed.bench.cli import app as bench_app
 from transmed.data.cli import app as data_app
 from transmed.evaluation.cli import evaluate_cmd
 from transmed.evaluation.cli_compare import compare_cmd, report_cmd
+from transmed.inference.cli import predict_cmd
+from transmed.service.cli import serve_cmd
 from transmed.training.cli import cv_cmd, train_cmd
 
 app = typer.Typer(
@@ -30,6 +32,8 @@ app.command("cv")(cv_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("compare")(compare_cmd)
 app.command("report")(report_cmd)
+app.command("predict")(predict_cmd)
+app.command("serve")(serve_cmd)
 
 
 def _version(value: bool) -> None:
