@@ -25,22 +25,23 @@ def make_tiny_checkpoint(path, name: str = "transmed_full", patch=(32, 32, 32), 
     """
     from dataclasses import asdict
 
-    from transmed.models import create_model
-    from transmed.training.checkpoint import save_checkpoint
+    from transmed.training.checkpoint import save_untrained_checkpoint
     from transmed.transforms.preprocess import PreprocessConfig
 
     kwargs = {"features": (8, 16, 32, 64)} if name.startswith(("transmed", "unet")) else {}
-    model = create_model(name, **kwargs)
     prep.setdefault("target_spacing", (2.0, 2.0, 2.0))
-    config = PreprocessConfig(**prep)
-    return save_checkpoint(path, {
-        "model": model.state_dict(), "model_config": model.config,
-        "train_config": {"patch_size": list(patch)},
-        "preprocess_config": asdict(config),
-    })  # fmt: skip
+    return save_untrained_checkpoint(
+        path, name, patch_size=patch, preprocess=asdict(PreprocessConfig(**prep)), **kwargs
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Path to a small untrained transmed_full checkpoint (2 mm network grid, 32³ patches)."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture
+def checkpoint_factory():
+    """``checkpoint_factory(path, name="transmed_full", patch=(32,)*3, **preprocess)``."""
+    return make_tiny_checkpoint

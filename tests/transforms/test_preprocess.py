@@ -295,3 +295,52 @@ def test_real_tcga_case_end_to_end() -> None:
         ).shape
         == record.ras_shape
     )
+
+
+@pytest.mark.parametrize("outside", ["zero", "edge"])
+@pytest.mark.parametrize(
+    "perm,signs,shift",
+    [((0, 1, 2), (1, 1, 1), (0, 0, 0)), ((2, 0, 1), (-1, 1, 1), (9, -3, 2)),
+     ((1, 2, 0), (1, -1, -1), (-4, 12, 8)), ((0, 2, 1), (1, 1, -1), (3, 1, 20))],
+)  # fmt: skip
+def test_integer_resample_matches_affine_transform(perm, signs, shift, outside):
+    """The indexing fast path gives exactly what ndimage.affine_transform gives."""
+    from scipy import ndimage
+
+    from transmed.transforms import spatial
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(11, 9, 13)).astype(np.float32)
+    matrix = np.eye(4)
+    matrix[:3, :3] = 0
+    for k, (a, s) in enumerate(zip(perm, signs, strict=True)):
+        matrix[a, k] = s
+    matrix[:3, 3] = shift
+    out_shape = (14, 12, 10)
+    fast = spatial.resample_array(data, matrix, out_shape, order=1, outside=outside, fill=-7.0)
+    src, off, mode = (np.pad(data, 1, mode="edge"), matrix[:3, 3] + 1, "constant") if (
+        outside == "zero") else (data, matrix[:3, 3], "nearest")  # fmt: skip
+    slow = ndimage.affine_transform(
+        src, matrix[:3, :3], offset=off, output_shape=out_shape, order=0, mode=mode, cval=-7.0,
+        prefilter=False,
+    )  # fmt: skip
+    assert fast.dtype == data.dtype
+    np.testing.assert_array_equal(fast, slow)
+    assert (fast == -7.0).any() == (outside == "zero" and (slow == -7.0).any())
+
+
+def test_nonzero_mask_fills_holes_like_the_whole_volume_fill():
+    from scipy import ndimage
+
+    from transmed.transforms.foreground import nonzero_mask
+
+    rng = np.random.default_rng(1)
+    images = np.zeros((2, 30, 28, 26), np.float32)
+    images[0, 5:20, 4:22, 6:25] = 1.0  # a box touching nothing
+    images[1, 0:9, 10:28, 0:5] = 2.0  # a box touching three faces of the volume
+    images[:, 9:13, 9:13, 9:13] = 0.0  # an enclosed hole
+    images[0][rng.random((30, 28, 26)) < 0.05] = 0.0  # speckle holes
+    expected = ndimage.binary_fill_holes(np.any(images != 0, axis=0))
+    got = nonzero_mask(images)
+    np.testing.assert_array_equal(got, expected)
+    assert got[10, 10, 10] and not got[25, 2, 20]

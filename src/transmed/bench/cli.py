@@ -13,6 +13,8 @@ app = typer.Typer(
 )
 
 DEFAULT_OUT = Path("benchmarks/results")
+# The models of `bench predict` (kept here so `--help` needs no torch import).
+_PREDICT_MODELS = ("transmed_full", "transmed_a", "transmed_d", "unet", "segresnet", "swinunetr")
 
 
 def _fmt_entry(e: dict[str, Any]) -> str:
@@ -230,4 +232,33 @@ def training_cmd(
     )  # fmt: skip
     paths = write_training_benchmark(result, str(out))
     typer.echo(training_markdown(result))
+    typer.echo(f"Wrote {paths['json']} and {paths['markdown']}")
+
+
+@app.command("predict")
+def predict_cmd(
+    models: str = typer.Option(",".join(_PREDICT_MODELS), "--models", help="Comma-separated."),
+    shape: tuple[int, int, int] = typer.Option((240, 240, 155), "--shape", help="Case D H W."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Timed cases per configuration."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = default)."),
+    memory_budget_gb: float = typer.Option(
+        16.0, "--memory-budget-gb", min=0.5, help="Whole volume only where it fits this."
+    ),
+    no_variants: bool = typer.Option(False, "--no-variants", help="Skip the speed choices."),
+    no_scaling: bool = typer.Option(False, "--no-scaling", help="Skip the voxel-count scaling."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results folder."),
+    stem: str = typer.Option("predict", "--stem", help="Result file name stem."),
+) -> None:
+    """End-to-end `transmed predict` latency and peak RSS per model on a full-size case."""
+    from transmed.bench.predict import markdown, run_predict_benchmark
+    from transmed.bench.results import write_results
+
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    typer.echo(f"Predict benchmark: {', '.join(names)} on {shape}")
+    result = run_predict_benchmark(
+        models=names, shape=shape, repeats=repeats, threads=threads or None,
+        memory_budget_gb=memory_budget_gb, variants=not no_variants,
+        scales=() if no_scaling else (0.5, 1.0, 2.0), progress=typer.echo,
+    )  # fmt: skip
+    paths = write_results(out, stem, result, markdown(result))
     typer.echo(f"Wrote {paths['json']} and {paths['markdown']}")

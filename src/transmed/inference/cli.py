@@ -1,10 +1,178 @@
-"""``transmed predict`` (work in progress)."""
+"""``transmed predict``: cases in, label maps on their own grids out (or DICOM SEG)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+_MODES = ("auto", "whole", "sliding")
 
-def predict_cmd() -> None:
-    """Predict cases (work in progress)."""
-    raise typer.Exit(1)
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _precision(name: str, device: str) -> str:
+    """``auto``: fp32 on CPU (bf16 measured slower on CPUs without native bf16; see
+    benchmarks/results/predict.md), bf16 on CUDA devices that support it, else fp16."""
+    if name != "auto":
+        return name
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def predict_cmd(
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Checkpoint, run folder, or cross-validation folder (ensemble)."
+    ),
+    input: Path = typer.Option(
+        None,
+        "--input",
+        "-i",
+        help="A case folder (BraTS 2021/2023), a dataset folder or imagesTs (batch), or a DICOM "
+        "study folder.",
+    ),  # fmt: skip
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Output folder (or, for one case, a .nii.gz file)."
+    ),
+    t1: Path = typer.Option(None, "--t1", help="T1 NIfTI (instead of --input)."),
+    t1ce: Path = typer.Option(None, "--t1ce", help="T1 post-contrast NIfTI."),
+    t2: Path = typer.Option(None, "--t2", help="T2 NIfTI."),
+    flair: Path = typer.Option(None, "--flair", help="FLAIR NIfTI."),
+    case_id: str = typer.Option(None, "--case-id", help="Output name for --t1/... input."),
+    layout: str = typer.Option(
+        "auto",
+        "--layout",
+        help="Input layout (auto, brats2021, brats2023, msd, nnunet); for "
+        "--t1/... input it picks the output label values [brats2021].",
+    ),  # fmt: skip
+    probabilities: bool = typer.Option(
+        False, "--probabilities", help="Also write WT/TC/ET probability maps."
+    ),
+    mode: str = typer.Option(
+        "auto", "--mode", help="auto (whole volume if it fits --memory-budget), whole, sliding."
+    ),
+    memory_budget: str = typer.Option(
+        "auto", "--memory-budget", help="Memory for whole-volume inference, e.g. 6G [half free]."
+    ),
+    overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding overlap."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation."),
+    min_component: float = typer.Option(
+        20.0, "--min-component-mm3", min=0.0, help="Drop tumour specks below this (0 = off)."
+    ),
+    et_min: float = typer.Option(
+        0.0, "--et-min-mm3", min=0.0, help="ET → necrosis when all ET is below this (0 = off)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = PyTorch default)."),
+    checkpoint: str = typer.Option(
+        "final", "--checkpoint", help="Which checkpoint of a run: final, best, latest."
+    ),
+    dicom_seg: bool = typer.Option(
+        False, "--dicom-seg", help="DICOM input: write a DICOM SEG (else a NIfTI label map)."
+    ),
+    segments: str = typer.Option(
+        "regions", "--segments", help="DICOM SEG segments: regions (WT/TC/ET) or labels."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Predict one case or a folder of cases; outputs land on each input's own grid.
+
+    Label maps use the input layout's own label values (BraTS 2021: ET = 4, ...). In batch mode
+    a failed case does not stop the others; failures are listed at the end, the exit code is 1,
+    and OUTPUT/predict_summary.json records every case.
+    """
+    from transmed.cli_errors import user_errors
+
+    with user_errors():
+        _predict(**locals())
+
+
+def _predict(**opts: object) -> None:
+    import time
+
+    import torch
+
+    from transmed.inference.batch import BatchWriter, CaseResult, predict_batch, summary
+    from transmed.inference.inputs import resolve_inputs
+    from transmed.inference.memory import parse_budget
+    from transmed.inference.postprocess import PostprocessConfig
+    from transmed.inference.predictor import Predictor
+    from transmed.transforms.store import write_json
+
+    if opts["mode"] not in _MODES:
+        raise ValueError(f"--mode {opts['mode']!r}: expected one of {_MODES}")
+    if opts["segments"] not in ("regions", "labels"):
+        raise ValueError(f"--segments {opts['segments']!r}: expected regions or labels")
+    files = {m: opts[m] for m in ("t1", "t1ce", "t2", "flair") if opts[m] is not None}
+    inputs = resolve_inputs(
+        opts["input"], files or None, layout=opts["layout"], case_id=opts["case_id"]
+    )
+    if opts["threads"]:
+        torch.set_num_threads(int(opts["threads"]))
+    device = _device(str(opts["device"]))
+    t0 = time.perf_counter()
+    predictor = Predictor.from_path(
+        opts["model"], device=device, prefer=str(opts["checkpoint"]),
+        mode=opts["mode"], memory_budget=parse_budget(str(opts["memory_budget"])),
+        overlap=float(opts["overlap"]), mirror=bool(opts["tta"]),
+        precision=_precision(str(opts["precision"]), device),
+        postprocess=PostprocessConfig(float(opts["min_component"]), float(opts["et_min"])),
+    )  # fmt: skip
+    load_s = time.perf_counter() - t0
+    output = Path(opts["output"])
+    quiet = bool(opts["quiet"])
+    say = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+    say(f"loaded {len(predictor.models)} model(s) in {load_s:.2f} s on {device}")
+
+    if inputs.kind == "dicom":
+        from transmed.inference.dicom import predict_dicom_study
+
+        if output.suffix:
+            raise ValueError(f"{output}: DICOM input needs an output folder")
+        result = predict_dicom_study(
+            predictor, inputs.dicom_folder, output, segments=str(opts["segments"]),
+            write_nifti=not opts["dicom_seg"],
+        )  # fmt: skip
+        typer.echo(str(result.seg_path))
+        return
+
+    single_file = output.name.endswith((".nii.gz", ".nii"))
+    if single_file and len(inputs.cases) != 1:
+        raise ValueError(f"{output}: a file name is only allowed for one case; give a folder")
+    writer = BatchWriter(
+        out_dir=output.parent if single_file else output, layout=inputs.layout,
+        output_file=output if single_file else None, probabilities=bool(opts["probabilities"]),
+    )  # fmt: skip
+
+    def report(res: CaseResult) -> None:
+        if res.ok:
+            took = sum(v for k, v in res.seconds.items() if k != "write_wait")
+            how = "whole volume" if res.window is None else f"window {res.window}"
+            say(f"{res.case_id}: {took:.2f} s ({how}) -> {res.outputs[0]}")
+        else:
+            say(f"{res.case_id}: FAILED: {res.error}")
+
+    results = predict_batch(predictor, inputs.cases, writer, on_result=report)
+    info = summary(results, model=str(opts["model"]), device=device, load_s=load_s,
+                   precision=predictor.precision, mode=predictor.mode)  # fmt: skip
+    if not single_file:
+        write_json(info, writer.out_dir / "predict_summary.json")
+    failed = info["failures"]
+    if failed:
+        typer.secho(
+            f"{len(failed)} of {len(results)} case(s) failed:", err=True, fg=typer.colors.RED
+        )
+        for case_id, error in failed.items():
+            typer.secho(f"  {case_id}: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    say(f"{len(results)} case(s) predicted into {writer.out_dir}")

@@ -79,3 +79,30 @@ def load_model_and_checkpoint(
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model from a checkpoint's own config and load its weights (eval mode)."""
     return load_model_and_checkpoint(path, map_location)[0]
+
+
+def save_untrained_checkpoint(
+    path: str | Path,
+    name: str,
+    *,
+    patch_size: tuple[int, int, int] = (128, 128, 128),
+    preprocess: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> Path:
+    """A randomly initialised registry model saved as a complete checkpoint.
+
+    For benchmarks (speed and memory do not depend on the weights) and plumbing tests; never
+    for segmentation quality. ``preprocess`` is a ``PreprocessConfig`` as a dict (default: the
+    default preprocessing).
+    """
+    from dataclasses import asdict
+
+    from transmed.models import create_model
+    from transmed.transforms.preprocess import PreprocessConfig
+
+    model = create_model(name, **model_kwargs)
+    return save_checkpoint(path, {
+        "model": model.state_dict(), "model_config": model.config,
+        "train_config": {"patch_size": list(patch_size)},
+        "preprocess_config": preprocess if preprocess is not None else asdict(PreprocessConfig()),
+    })  # fmt: skip

@@ -391,6 +391,22 @@ def _rigid_motions(
     return motions
 
 
+def _network_to_ras_matrix(record: PreprocessRecord) -> np.ndarray:
+    scale, offset = np.asarray(record.scale), np.asarray(record.offset)
+    # RAS index i = scale * j + offset  =>  j = i / scale - offset / scale.
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.diag(1.0 / scale)
+    matrix[:3, 3] = -offset / scale
+    return matrix
+
+
+def is_exact_grid(record: PreprocessRecord) -> bool:
+    """True when the network grid is the original grid up to axis flips, permutation and crop
+    (no resampling): then labels taken on the network grid and mapped back voxel for voxel
+    equal labels taken from probabilities mapped back, and the cheaper path may be used."""
+    return spatial._is_integer_mapping(_network_to_ras_matrix(record))
+
+
 def _to_original(
     array: np.ndarray, record: PreprocessRecord, *, order: int, fill: float
 ) -> np.ndarray:
@@ -401,11 +417,7 @@ def _to_original(
         )
     full = np.full(record.resampled_shape, fill, dtype=array.dtype)
     full[tuple(slice(a, b) for a, b in record.crop_box)] = array
-    scale, offset = np.asarray(record.scale), np.asarray(record.offset)
-    # RAS index i = scale * j + offset  =>  j = i / scale - offset / scale.
-    matrix = np.eye(4)
-    matrix[:3, :3] = np.diag(1.0 / scale)
-    matrix[:3, 3] = -offset / scale
+    matrix = _network_to_ras_matrix(record)
     ras = spatial.resample_array(full, matrix, record.ras_shape, order=order, outside="edge")
     out = spatial.reorient(ras, spatial.inverse_orientation(record.ornt))
     if out.shape != tuple(record.original_shape):  # pragma: no cover - geometry invariant

@@ -1,0 +1,76 @@
+"""Post-processing: hierarchical small-component removal keeps labels nested."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transmed.data.labels import labels_to_regions
+from transmed.inference.postprocess import PostprocessConfig, postprocess_labels, small_components
+
+
+def _case() -> np.ndarray:
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[5:15, 5:15, 5:15] = 2  # big oedema (1000 voxels)
+    labels[8:12, 8:12, 8:12] = 1  # core inside (64)
+    labels[9:11, 9:11, 9:11] = 3  # enhancing inside (8)
+    labels[25, 25, 25] = 2  # a 1-voxel oedema speck far away
+    labels[20:22, 20:22, 5] = 3  # a 4-voxel ET speck outside any other tumour
+    labels[13, 13, 13] = 3  # an ET voxel inside the oedema, away from the core
+    return labels
+
+
+def test_specks_are_demoted_one_level_and_big_lesions_kept():
+    out = postprocess_labels(_case(), (1.0, 1.0, 1.0), PostprocessConfig(min_component_mm3=6))
+    assert out[25, 25, 25] == 0 and (out[20:22, 20:22, 5] == 0).all()  # WT specks gone
+    assert out[13, 13, 13] == 2  # lone TC/ET voxel inside WT: becomes oedema
+    assert (out[9:11, 9:11, 9:11] == 3).all()  # 8-voxel ET kept (≥ 6 mm³)
+    assert (out[8:12, 8:12, 8:12] > 0).all() and out[6, 6, 6] == 2
+
+
+def test_threshold_is_in_mm3_not_voxels():
+    labels = _case()
+    # 8 ET voxels of 0.5 mm³ = 4 mm³ < 6 mm³: demoted to necrosis; at 1 mm³ they stay
+    small = postprocess_labels(labels, (0.5, 1.0, 1.0), PostprocessConfig(min_component_mm3=6))
+    assert (small[9:11, 9:11, 9:11] == 1).all()
+    big = postprocess_labels(labels, (2.0, 1.0, 1.0), PostprocessConfig(min_component_mm3=6))
+    assert (big[9:11, 9:11, 9:11] == 3).all()
+
+
+def test_result_is_nested_and_input_untouched():
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array([0, 1, 2, 3], np.uint8), size=(20, 20, 20), p=[0.7, 0.1, 0.1, 0.1])
+    before = labels.copy()
+    out = postprocess_labels(labels, (1, 1, 1), PostprocessConfig(min_component_mm3=30))
+    np.testing.assert_array_equal(labels, before)
+    wt, tc, et = labels_to_regions(out)
+    assert not (et & ~tc).any() and not (tc & ~wt).any()
+    assert out.sum() < labels.sum()  # something was cleaned
+
+
+def test_et_volume_rule_and_disabled_config():
+    labels = _case()
+    out = postprocess_labels(labels, (1, 1, 1), PostprocessConfig(0, et_min_mm3=100))
+    assert not (out == 3).any() and (out[9:11, 9:11, 9:11] == 1).all()
+    off = postprocess_labels(labels, (1, 1, 1), PostprocessConfig(0, 0))
+    np.testing.assert_array_equal(off, labels)
+
+
+def test_small_components_uses_26_connectivity():
+    mask = np.zeros((5, 5, 5), bool)
+    mask[1, 1, 1] = mask[2, 2, 2] = True  # corner-touching: one component of 2
+    assert not small_components(mask, 2).any()
+    assert small_components(mask, 3).sum() == 2
+
+
+@pytest.mark.parametrize("kwargs", [{"min_component_mm3": -1}, {"et_min_mm3": float("nan")}])
+def test_bad_config(kwargs):
+    with pytest.raises(ValueError):
+        PostprocessConfig(**kwargs)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="3D"):
+        postprocess_labels(np.zeros((4, 4)), (1, 1, 1))
+    with pytest.raises(ValueError, match="spacing"):
+        postprocess_labels(np.zeros((4, 4, 4)), (1, 0, 1))

@@ -1,0 +1,135 @@
+"""Predictor: whole volume vs sliding window by memory, exact-grid fast path, ensembles."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transmed.inference import predictor as predictor_mod
+from transmed.inference.memory import measure_bytes_per_voxel, padded_voxels, parse_budget
+from transmed.inference.predictor import Predictor
+from transmed.io.nifti import Volume
+from transmed.training.checkpoint import CheckpointError
+
+
+def _volumes(shape=(20, 22, 18), spacing=(1.0, 1.0, 1.0), seed=0) -> dict[str, Volume]:
+    rng = np.random.default_rng(seed)
+    affine = np.diag([-spacing[0], spacing[1], spacing[2], 1.0])  # LAS: needs reorientation
+    base = np.zeros(shape, np.float32)
+    base[3:-3, 3:-3, 3:-3] = 100 + rng.normal(0, 5, tuple(s - 6 for s in shape))
+    return {m: Volume(base * (i + 1), affine) for i, m in enumerate(("t1", "t1ce", "t2", "flair"))}
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("6G", 6 * 2**30), ("512M", 512 * 2**20), ("2.5GiB", int(2.5 * 2**30)), ("auto", None),
+     (None, None), (3, 3 * 2**30), ("100k", 100 * 2**10)],
+)  # fmt: skip
+def test_parse_budget(text, expected):
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1G", "lots", "0", "nanG"])
+def test_parse_budget_rejects(text):
+    with pytest.raises(ValueError, match="memory budget"):
+        parse_budget(text)
+
+
+def test_padded_voxels():
+    assert padded_voxels((17, 16, 1), 16) == 32 * 16 * 16
+
+
+def test_window_choice_follows_mode_and_budget(tiny_checkpoint):
+    p = Predictor.from_path(tiny_checkpoint)
+    assert p.roi_size == (32, 32, 32)
+    big = (40, 40, 40)
+    assert p.window_for((20, 20, 20)) is None  # fits in one window: always whole
+    p.mode = "sliding"
+    assert p.window_for(big) == (32, 32, 32)
+    p.mode = "whole"
+    assert p.window_for(big) is None
+    p.mode = "auto"
+    p.memory_budget = 2**40
+    assert p.window_for(big) is None
+    p.memory_budget = 1024  # 1 KiB: nothing fits
+    assert p.window_for(big) == (32, 32, 32)
+    assert p.whole_volume_bytes(big) > p.whole_volume_bytes((20, 20, 20)) > 0
+
+
+def test_measured_bytes_per_voxel_is_plausible(tiny_checkpoint):
+    model = Predictor.from_path(tiny_checkpoint).models[0]
+    per_voxel = measure_bytes_per_voxel(model)
+    # at least the float32 input and output; far less than a naive 1 MB per voxel
+    assert 4 * 7 <= per_voxel < 2**20
+
+
+def test_bad_predictor_arguments(tiny_checkpoint):
+    with pytest.raises(ValueError, match="mode"):
+        Predictor.from_path(tiny_checkpoint, mode="fast")
+    with pytest.raises(ValueError, match="overlap"):
+        Predictor.from_path(tiny_checkpoint, overlap=1.0)
+    with pytest.raises(ValueError, match="roi_size"):
+        Predictor.from_path(tiny_checkpoint, roi_size=(32, 32))
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (1.0, 1.0, 1.0)])
+def test_exact_grid_fast_path_equals_probability_inversion(
+    tmp_path, spacing, monkeypatch, checkpoint_factory
+):
+    """2 mm input on a 2 mm network grid is exact (fast path); 1 mm input is resampled."""
+    ckpt = checkpoint_factory(tmp_path / "t.pt")
+    p = Predictor.from_path(ckpt)
+    prepared = p.prepare(_volumes(spacing=spacing), "c")
+    probs = p._probabilities(prepared.image, None)
+    fast = p.restore(probs, prepared.record, keep_probabilities=True)
+    monkeypatch.setattr(predictor_mod, "is_exact_grid", lambda record: False)
+    slow = p.restore(probs, prepared.record, keep_probabilities=True)
+    np.testing.assert_array_equal(fast.labels, slow.labels)
+    np.testing.assert_allclose(fast.probabilities, slow.probabilities)
+    assert fast.labels.shape == (20, 22, 18) == fast.probabilities.shape[1:]
+    np.testing.assert_allclose(fast.affine, np.diag([-spacing[0], spacing[1], spacing[2], 1.0]))
+
+
+def test_predict_case_labels_live_on_the_reference_grid(tiny_checkpoint):
+    p = Predictor.from_path(tiny_checkpoint)
+    result = p.predict_case(_volumes(), "c", keep_probabilities=True)
+    assert result.labels.dtype == np.uint8 and set(np.unique(result.labels)) <= {0, 1, 2, 3}
+    assert result.probabilities.shape == (3, 20, 22, 18)
+    assert set(result.seconds) == {"preprocess", "infer", "restore"}
+    labels, affine = p.predict_volumes(_volumes(), "c")
+    np.testing.assert_array_equal(labels, result.labels)
+
+
+def test_cross_validation_folder_is_an_ensemble_of_its_folds(tmp_path, checkpoint_factory):
+    for fold in (0, 1):
+        (tmp_path / "cv" / f"fold_{fold}" / "checkpoints").mkdir(parents=True)
+        torch.manual_seed(fold)
+        checkpoint_factory(tmp_path / "cv" / f"fold_{fold}" / "checkpoints" / "final.pt")
+    ens = Predictor.from_path(tmp_path / "cv")
+    assert len(ens.models) == 2
+    image = np.random.default_rng(0).normal(size=(4, 16, 16, 16)).astype(np.float32)
+    singles = [
+        Predictor.from_path(tmp_path / "cv" / f"fold_{f}").probabilities(image) for f in (0, 1)
+    ]
+    np.testing.assert_allclose(ens.probabilities(image), (singles[0] + singles[1]) / 2, atol=1e-6)
+
+
+def test_checkpoint_with_other_input_channels_is_refused_by_name(tmp_path):
+    from transmed.models import create_model
+    from transmed.training.checkpoint import save_checkpoint
+
+    model = create_model("unet", in_channels=3, features=(8, 16, 32, 64))
+    path = save_checkpoint(tmp_path / "three.pt", {"model": model.state_dict(),
+                                                   "model_config": model.config})  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"three\.pt.*3 input channels"):
+        Predictor.from_path(path)
+
+
+def test_missing_checkpoint_folder(tmp_path):
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    with pytest.raises(CheckpointError):
+        Predictor.from_path(Path(tmp_path) / "nothing")
