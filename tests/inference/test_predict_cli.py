@@ -164,3 +164,37 @@ def test_bad_arguments(dataset, tiny_checkpoint, tmp_path, args, message):
     result = predict("-m", tiny_checkpoint, *args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_dicom_folder_in_dicom_seg_out(tiny_checkpoint, tmp_path):
+    import pydicom
+
+    from transmed.data.synth.dicom import write_dicom_study
+    from transmed.io.dicom import load_study
+    from transmed.io.dicom_seg import read_seg
+
+    study = write_dicom_study(tmp_path / "study", shape=(32, 32, 20), patient_name="Doe^Jane")
+    out = tmp_path / "pred"
+    result = predict("-m", tiny_checkpoint, "-i", tmp_path / "study", "-o", out, "--nifti")
+    assert result.exit_code == 0, result.output
+    (seg_path,) = out.glob("*.dcm")
+    seg = pydicom.dcmread(seg_path)
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == study.study_uid
+    referenced = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert referenced == study.series_uids["t1ce"]
+    source = load_study(tmp_path / "study").series["t1ce"]
+    masks = read_seg(seg_path, source)
+    assert all(m.shape == source.shape for m in masks.values())
+    assert len(list(out.glob("*.nii.gz"))) == 1
+    assert "Doe" not in result.output
+
+
+def test_dicom_study_missing_a_modality_fails_clearly(tiny_checkpoint, tmp_path):
+    from transmed.data.synth.dicom import write_dicom_study
+
+    write_dicom_study(tmp_path / "study", shape=(32, 32, 20), modalities=("t1", "t1ce", "t2"))
+    out = tmp_path / "pred"
+    result = predict("-m", tiny_checkpoint, "-i", tmp_path / "study", "-o", out)
+    assert result.exit_code == 1
+    assert "flair" in result.output
+    assert not list(out.glob("*.dcm"))

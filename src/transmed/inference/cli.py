@@ -77,8 +77,8 @@ def predict_cmd(
     checkpoint: str = typer.Option(
         "final", "--checkpoint", help="Which checkpoint of a run: final, best, latest."
     ),
-    dicom_seg: bool = typer.Option(
-        False, "--dicom-seg", help="DICOM input: write a DICOM SEG (else a NIfTI label map)."
+    nifti: bool = typer.Option(
+        False, "--nifti", help="DICOM input: also write the label map as NIfTI."
     ),
     segments: str = typer.Option(
         "regions", "--segments", help="DICOM SEG segments: regions (WT/TC/ET) or labels."
@@ -87,7 +87,8 @@ def predict_cmd(
 ) -> None:
     """Predict one case or a folder of cases; outputs land on each input's own grid.
 
-    Label maps use the input layout's own label values (BraTS 2021: ET = 4, ...). In batch mode
+    Label maps use the input layout's own label values (BraTS 2021: ET = 4, ...). A DICOM folder
+    gives one DICOM SEG per study, referencing its T1ce series (``--segments``). In batch mode
     a failed case does not stop the others; failures are listed at the end, the exit code is 1,
     and OUTPUT/predict_summary.json records every case.
     """
@@ -135,15 +136,7 @@ def _predict(**opts: object) -> None:
     say(f"loaded {len(predictor.models)} model(s) in {load_s:.2f} s on {device}")
 
     if inputs.kind == "dicom":
-        from transmed.inference.dicom import predict_dicom_study
-
-        if output.suffix:
-            raise ValueError(f"{output}: DICOM input needs an output folder")
-        result = predict_dicom_study(
-            predictor, inputs.dicom_folder, output, segments=str(opts["segments"]),
-            write_nifti=not opts["dicom_seg"],
-        )  # fmt: skip
-        typer.echo(str(result.seg_path))
+        _predict_dicom(predictor, inputs.dicom_folder, output, opts, say)
         return
 
     single_file = output.name.endswith((".nii.gz", ".nii"))
@@ -176,3 +169,40 @@ def _predict(**opts: object) -> None:
             typer.secho(f"  {case_id}: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
     say(f"{len(results)} case(s) predicted into {writer.out_dir}")
+
+
+def _predict_dicom(predictor, folder, output: Path, opts: dict, say) -> None:  # type: ignore[no-untyped-def]
+    """Every MR study in a DICOM folder → one DICOM SEG each (failures reported per study)."""
+    from transmed.inference.dicom import case_key, predict_dicom_study
+    from transmed.io.dicom import DicomError, load_study, scan_folder
+    from transmed.transforms.store import write_json
+
+    if output.suffix:
+        raise ValueError(f"{output}: DICOM input needs an output folder")
+    studies = sorted(scan_folder(folder).study_uids)
+    if not studies:
+        raise ValueError(f"{folder}: no MR DICOM instances found")
+    results, failures = [], {}
+    for uid in studies:
+        key = case_key(uid)  # study keys, never patient identifiers, on screen and in logs
+        try:
+            study = load_study(folder, study_uid=uid)
+            res = predict_dicom_study(
+                predictor, study, output, segments=str(opts["segments"]),
+                write_nifti=bool(opts["nifti"]),
+            )  # fmt: skip
+        except (DicomError, ValueError, OSError, RuntimeError) as exc:
+            failures[key] = str(exc)
+            say(f"{key}: FAILED: {exc}")
+            continue
+        results.append({"study": key, "seg": str(res.seg_path), "seconds": res.timings,
+                        "nifti": str(res.nifti_path) if res.nifti_path else None})  # fmt: skip
+        say(f"{key}: {sum(res.timings.values()):.2f} s -> {res.seg_path}")
+        typer.echo(str(res.seg_path))
+    write_json({"studies": len(studies), "succeeded": len(results), "failed": len(failures),
+                "failures": failures, "results": results},
+               output / "predict_summary.json")  # fmt: skip
+    if failures:
+        typer.secho(f"{len(failures)} of {len(studies)} stud(ies) failed", err=True,
+                    fg=typer.colors.RED)  # fmt: skip
+        raise typer.Exit(1)
