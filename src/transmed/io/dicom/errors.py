@@ -1,0 +1,42 @@
+"""The DICOM reader's error type and the small helpers every stage shares.
+
+Each stage refuses bad input with :class:`DicomError`, naming the file or series, never a
+patient identifier; :func:`_show` prints paths relative to the scanned folder for that reason
+(the folder is often named after the patient).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class DicomError(ValueError):
+    """A DICOM file, series or study that cannot be used; the message names the file or series
+    and the problem, never a patient identifier."""
+
+
+def is_valid_uid(value: object) -> bool:
+    """True for a DICOM UID: digits and dots (``^[0-9]+(\\.[0-9]+)*$``), at most 64 chars."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID_RE.match(value))
+
+
+def _show(path: Path, root: Path | None) -> str:
+    """The path relative to the scanned root (the root folder is often named after the patient)."""
+    if root is not None:
+        try:
+            rel = path.relative_to(root)
+            return str(rel) if str(rel) != "." else path.name
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _item(ds: Dataset | None, sequence: str) -> Dataset | None:
+    """The first item of ``ds``'s ``sequence``, or ``None`` (no data set, absent or empty)."""
+    seq = ds.get(sequence) if ds is not None else None
+    return seq[0] if seq else None
