@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 demo: setup
 	$(VENV)/bin/transmed demo --out demo
 
-test: setup
+test: setup system-deps
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 bench: setup
@@ -32,3 +32,24 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Orthanc and its DICOMweb plugin (Debian packages) for the DICOM node's end-to-end tests, which
+# start their own private Orthanc. Installed only when missing, with apt-get, as root or with
+# passwordless sudo; otherwise a note (those tests then skip, or fail under .ci/run). The
+# packaged system daemon is not needed: it is stopped and disabled right after installing.
+ORTHANC_PLUGIN ?= /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+.PHONY: system-deps
+system-deps:
+	@if { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } && [ -f $(ORTHANC_PLUGIN) ]; then \
+		:; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "system-deps: no apt-get here; install Orthanc and its DICOMweb plugin yourself"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+		else echo "system-deps: need root or sudo to apt-get install orthanc orthanc-dicomweb"; exit 0; fi; \
+		{ $$SUDO apt-get update -qq && \
+		  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb && \
+		  { $$SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true; }; } || \
+		echo "system-deps: installing Orthanc failed; its tests skip (fail under .ci/run)"; \
+	fi

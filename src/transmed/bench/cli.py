@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from transmed.bench.service import service_cmd
+
 app = typer.Typer(
     help="Benchmarks (JSON + Markdown under benchmarks/results/).", no_args_is_help=True
 )
@@ -262,3 +264,6 @@ def predict_cmd(
     )  # fmt: skip
     paths = write_results(out, stem, result, markdown(result))
     typer.echo(f"Wrote {paths['json']} and {paths['markdown']}")
+
+
+app.command("service")(service_cmd)
