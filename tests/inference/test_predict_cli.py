@@ -135,8 +135,8 @@ def test_checkpoint_problems_are_clear_errors(dataset, tmp_path):
 
     root, _ = dataset("brats2021", 1)
     model = create_model("unet", in_channels=2, features=(8, 16, 32, 64))
-    wrong = save_checkpoint(tmp_path / "two_channels.pt",
-                            {"model": model.state_dict(), "model_config": model.config})  # fmt: skip
+    state = {"model": model.state_dict(), "model_config": model.config}
+    wrong = save_checkpoint(tmp_path / "two_channels.pt", state)
     result = predict("-m", wrong, "-i", root, "-o", tmp_path / "pred")
     assert result.exit_code == 2
     assert "two_channels.pt" in result.output and "2 input channels" in result.output

@@ -259,13 +259,20 @@ def choose_reference(images: Mapping[str, Volume], reference: str) -> str:
     return min(preference, key=lambda m: (round(volumes[m], 6), preference.index(m)))
 
 
-def _zscore(channel: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, float]:
+def _zscore(
+    channel: np.ndarray, mask: np.ndarray, out: np.ndarray, outside: np.ndarray
+) -> tuple[float, float]:
+    """Z-score ``channel`` by its foreground statistics into ``out`` (float32), 0 outside.
+
+    Written in place (no temporaries the size of the volume): preprocessing is memory-bound.
+    """
     values = channel[mask].astype(np.float64)
     mean = float(values.mean())
     std = float(values.std())
-    out = ((channel - mean) / max(std, _EPS)).astype(np.float32)
-    out[~mask] = 0.0
-    return out, mean, std
+    np.subtract(channel, np.float32(mean), out=out, casting="unsafe")
+    np.divide(out, np.float32(max(std, _EPS)), out=out)
+    out[outside] = 0.0
+    return mean, std
 
 
 def preprocess_case(
@@ -311,7 +318,7 @@ def preprocess_case(
     # (4, X, Y, Z): one interpolation per modality, straight from its own voxels.
     stack = np.stack(
         [spatial.resample_to_grid(vols[m].data, affines[m], target, order=1) for m in MODALITIES]
-    ).astype(np.float32)
+    ).astype(np.float32, copy=False)
 
     method = fg.choose_method(np.asarray(ref.data), config.foreground)
     mask = fg.foreground_mask(stack, method)
@@ -322,13 +329,13 @@ def preprocess_case(
     crop = tuple(slice(a, b) for a, b in box)
     stack, mask = stack[(slice(None), *crop)], mask[crop]
 
-    normed, means, stds = [], [], []
-    for channel in stack:
-        out, mean, std = _zscore(channel, mask)
-        normed.append(out)
+    image = np.empty(stack.shape, dtype=np.float32)
+    outside = ~mask
+    means, stds = [], []
+    for channel, out in zip(stack, image, strict=True):
+        mean, std = _zscore(channel, mask, out, outside)
         means.append(mean)
         stds.append(std)
-    image = np.stack(normed)
 
     out_label = None
     if label is not None:
