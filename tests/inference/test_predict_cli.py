@@ -198,3 +198,26 @@ def test_dicom_study_missing_a_modality_fails_clearly(tiny_checkpoint, tmp_path)
     assert result.exit_code == 1
     assert "flair" in result.output
     assert not list(out.glob("*.dcm"))
+
+
+def test_modality_rules_file_is_used_for_dicom_input(tiny_checkpoint, tmp_path):
+    """Rules that map nothing to T2 make the study fail naming t2; the defaults succeed."""
+    from transmed.data.synth.dicom import write_dicom_study
+
+    write_dicom_study(tmp_path / "study", shape=(32, 32, 20))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {modality: flair, match: ['flair']}\n"
+        "  - {modality: t1ce, match: ['post|gd']}\n"
+        "  - {modality: t1, match: ['t1']}\n"
+    )
+    out = tmp_path / "pred"
+    result = predict("-m", tiny_checkpoint, "-i", tmp_path / "study", "-o", out,
+                     "--modality-rules", rules)  # fmt: skip
+    assert result.exit_code == 1 and "t2" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {modality: pd, match: ['x']}\n")
+    result = predict("-m", tiny_checkpoint, "-i", tmp_path / "study", "-o", out,
+                     "--modality-rules", bad)  # fmt: skip
+    assert result.exit_code == 2 and "bad.yaml" in result.output

@@ -120,3 +120,17 @@ def test_non_loopback_bind_is_allowed_but_warned(tmp_path, caplog):
         cfg = load_config(_write(tmp_path, BASE + "bind_host: 0.0.0.0\n"))
     assert cfg.bind_host == "0.0.0.0"
     assert "not loopback" in caplog.text
+
+
+def test_modality_rules_path_is_resolved_and_loaded(tmp_path):
+    from transmed.service.service import _load_rules
+
+    (tmp_path / "rules.yaml").write_text("rules:\n  - {modality: t2, match: ['T2']}\n")
+    cfg = load_config(_write(tmp_path, BASE + "modality_rules: rules.yaml\n"))
+    assert cfg.modality_rules == tmp_path / "rules.yaml"
+    rules = _load_rules(cfg.modality_rules)
+    assert [r.modality for r in rules.rules] == ["t2"]
+    assert _load_rules(None) is None
+    (tmp_path / "bad.yaml").write_text("rules: [{modality: pd}]\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        _load_rules(tmp_path / "bad.yaml")

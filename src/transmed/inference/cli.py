@@ -80,6 +80,9 @@ def predict_cmd(
     nifti: bool = typer.Option(
         False, "--nifti", help="DICOM input: also write the label map as NIfTI."
     ),
+    modality_rules: Path = typer.Option(
+        None, "--modality-rules", help="DICOM input: YAML rules mapping series to modalities."
+    ),
     segments: str = typer.Option(
         "regions", "--segments", help="DICOM SEG segments: regions (WT/TC/ET) or labels."
     ),
@@ -174,11 +177,12 @@ def _predict(**opts: object) -> None:
 def _predict_dicom(predictor, folder, output: Path, opts: dict, say) -> None:  # type: ignore[no-untyped-def]
     """Every MR study in a DICOM folder → one DICOM SEG each (failures reported per study)."""
     from transmed.inference.dicom import case_key, predict_dicom_study
-    from transmed.io.dicom import DicomError, load_study, scan_folder
+    from transmed.io.dicom import DicomError, ModalityRules, load_study, scan_folder
     from transmed.transforms.store import write_json
 
     if output.suffix:
         raise ValueError(f"{output}: DICOM input needs an output folder")
+    rules = ModalityRules.from_yaml(opts["modality_rules"]) if opts["modality_rules"] else None
     studies = sorted(scan_folder(folder).study_uids)
     if not studies:
         raise ValueError(f"{folder}: no MR DICOM instances found")
@@ -186,7 +190,7 @@ def _predict_dicom(predictor, folder, output: Path, opts: dict, say) -> None:  #
     for uid in studies:
         key = case_key(uid)  # study keys, never patient identifiers, on screen and in logs
         try:
-            study = load_study(folder, study_uid=uid)
+            study = load_study(folder, study_uid=uid, rules=rules)
             res = predict_dicom_study(
                 predictor, study, output, segments=str(opts["segments"]),
                 write_nifti=bool(opts["nifti"]),

@@ -171,6 +171,7 @@ class ServiceConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     segments: Literal["regions", "labels"] = "regions"  # WT/TC/ET, or the three tumour classes
+    modality_rules: Path | None = None  # YAML of series → modality rules (None: the defaults)
     max_associations: int = Field(10, ge=1)
     network_timeout_s: float = Field(60.0, gt=0.0)  # idle association / DIMSE timeout
 
@@ -218,6 +219,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     fix(data, "storage_dir")
     fix(data, "model")
     fix(data, "http_token_file")
+    fix(data, "modality_rules")
     dest = data.get("destination")
     if isinstance(dest, dict):
         fix(dest, "password_file")

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from transmed.service.assembler import JobQueue, StudyAssembler
@@ -118,6 +119,7 @@ class DicomNode:
             predictor,
             segments=cfg.segments,
             max_voxels=cfg.limits.max_voxels,
+            rules=_load_rules(cfg.modality_rules),
             predict_fn=self._predict_fn,
             on_delivered_ready=self.sender.wake,
         )
@@ -219,3 +221,12 @@ class DicomNode:
             except Exception as exc:  # disk trouble: log, keep trying
                 log.error("assembler: %s: %s", type(exc).__name__, exc)
                 time.sleep(1.0)
+
+
+def _load_rules(path: Path | None) -> Any:
+    """The configured modality rules (``None``: the defaults); a bad file fails the start."""
+    if path is None:
+        return None
+    from transmed.io.dicom import ModalityRules
+
+    return ModalityRules.from_yaml(path)
