@@ -21,6 +21,8 @@ No skull stripping is done: for clinical data the mask is the head, not the brai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -71,13 +73,16 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def nonzero_mask(images: np.ndarray) -> np.ndarray:
-    """Union of nonzero voxels over channels of ``(C, X, Y, Z)`` images, 3D holes filled.
+def nonzero_mask(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Union of nonzero voxels over channels of ``(C, X, Y, Z)`` images (or a sequence of
+    ``(X, Y, Z)`` channels), 3D holes filled.
 
     Holes are filled inside the mask's bounding box (plus one voxel, so the outside stays
     connected): the same result as filling the whole volume, ~2.5× faster on BraTS volumes.
     """
-    mask = np.any(images != 0, axis=0)
+    mask = np.zeros(np.shape(images[0]), dtype=bool)
+    for channel in images:  # channel by channel: no (C, X, Y, Z) temporary
+        mask |= channel != 0
     if not mask.any():
         return mask
     box = tuple(slice(max(a - 1, 0), b + 1) for a, b in bounding_box(mask))
@@ -85,9 +90,10 @@ def nonzero_mask(images: np.ndarray) -> np.ndarray:
     return mask
 
 
-def head_mask(images: np.ndarray) -> np.ndarray:
-    """Head mask of ``(C, X, Y, Z)`` images with skull and background noise (see module doc)."""
-    mask = np.zeros(images.shape[1:], dtype=bool)
+def head_mask(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Head mask of ``(C, X, Y, Z)`` images (or a sequence of channels) with skull and
+    background noise (see module doc)."""
+    mask = np.zeros(np.shape(images[0]), dtype=bool)
     for channel in images:
         inside = channel[channel != 0]  # zeros are outside some series' field of view
         if inside.size:
@@ -109,7 +115,7 @@ def choose_method(reference: np.ndarray, method: str) -> str:
     return "nonzero" if zero_fraction >= SKULL_STRIPPED_BORDER_ZEROS else "otsu"
 
 
-def foreground_mask(images: np.ndarray, method: str) -> np.ndarray:
+def foreground_mask(images: np.ndarray | Sequence[np.ndarray], method: str) -> np.ndarray:
     """Boolean ``(X, Y, Z)`` foreground of ``(C, X, Y, Z)`` images: ``"nonzero"`` or ``"otsu"``."""
     if method == "nonzero":
         return nonzero_mask(images)

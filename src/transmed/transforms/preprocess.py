@@ -315,27 +315,31 @@ def preprocess_case(
         # Fold the motion into the affine: the series is still interpolated once.
         affines.update({m: np.linalg.inv(w) @ affines[m] for m, w in motions.items()})
 
-    # (4, X, Y, Z): one interpolation per modality, straight from its own voxels.
-    stack = np.stack(
-        [spatial.resample_to_grid(vols[m].data, affines[m], target, order=1) for m in MODALITIES]
-    ).astype(np.float32, copy=False)
+    # One interpolation per modality, straight from its own voxels. Kept as four arrays, not
+    # stacked: only the cropped region is ever copied again (preprocessing is memory-bound).
+    channels = [
+        np.asarray(spatial.resample_to_grid(vols[m].data, affines[m], target, order=1),
+                   dtype=np.float32)
+        for m in MODALITIES
+    ]  # fmt: skip
 
     method = fg.choose_method(np.asarray(ref.data), config.foreground)
-    mask = fg.foreground_mask(stack, method)
+    mask = fg.foreground_mask(channels, method)
     if not mask.any():
         raise ValueError(f"case {case_id or ''}: no foreground found (all-zero images?)")
     margin = tuple(int(math.ceil(config.margin_mm / s - 1e-9)) for s in target.spacing)
     box = fg.bounding_box(mask, margin)  # type: ignore[arg-type]
     crop = tuple(slice(a, b) for a, b in box)
-    stack, mask = stack[(slice(None), *crop)], mask[crop]
+    mask = mask[crop]
 
-    image = np.empty(stack.shape, dtype=np.float32)
+    image = np.empty((len(channels), *mask.shape), dtype=np.float32)  # (4, D, H, W)
     outside = ~mask
     means, stds = [], []
-    for channel, out in zip(stack, image, strict=True):
-        mean, std = _zscore(channel, mask, out, outside)
+    for channel, out in zip(channels, image, strict=True):
+        mean, std = _zscore(channel[crop], mask, out, outside)
         means.append(mean)
         stds.append(std)
+    del channels
 
     out_label = None
     if label is not None:
