@@ -67,6 +67,7 @@ def measure_predict(
     import torch
 
     from transmed.bench.memory import peak_rss_bytes, reset_peak_rss
+    from transmed.bench.timing import summarize_times
     from transmed.inference.batch import BatchWriter, predict_batch
     from transmed.inference.inputs import resolve_inputs
     from transmed.inference.postprocess import PostprocessConfig
@@ -130,7 +131,7 @@ def measure_predict(
             times.append(took)
             stages.append(res.seconds)
         entry["peak_rss_bytes"] = peak_rss_bytes()
-    entry["latency"] = _summary(times)
+    entry["latency"] = summarize_times(times)
     entry["stages_median_s"] = {
         k: statistics.median(s.get(k, 0.0) for s in stages)
         for k in ("read", "preprocess", "infer", "restore", "write")
@@ -142,12 +143,6 @@ def _net_shape(predictor: Any, case: Any) -> list[int]:
     from transmed.data.layouts import load_case
 
     return list(predictor.prepare(load_case(case).images).image.shape[1:])
-
-
-def _summary(times: list[float]) -> dict[str, Any]:
-    from transmed.bench.timing import summarize_times
-
-    return summarize_times(times)
 
 
 def run_predict_benchmark(

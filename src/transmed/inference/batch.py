@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,68 +110,66 @@ def predict_batch(
 ) -> list[CaseResult]:
     """Predict ``cases`` in order with read/compute/write overlapped; one result per case."""
     results: list[CaseResult] = []
-    keep_probs = writer.probabilities
+
+    def record(res: CaseResult) -> None:
+        results.append(res)
+        if on_result:
+            on_result(res)
+
+    def timed_write(case: Case, result: Prediction) -> list[str]:
+        t0 = time.perf_counter()
+        out = writer.write(case, result)
+        result.seconds["write"] = time.perf_counter() - t0
+        return out
+
+    def finish(pending: tuple[CaseResult, Case, Future] | None) -> None:
+        """Wait for the previous case's write and record its result."""
+        if pending is None:
+            return
+        res, case, fut = pending
+        t0 = time.perf_counter()
+        try:
+            res.outputs = fut.result()
+        except CASE_ERRORS as exc:
+            res.ok, res.error = False, _message(case, exc)
+        res.seconds["write_wait"] = time.perf_counter() - t0
+        record(res)
 
     with (
         ThreadPoolExecutor(1, thread_name_prefix="transmed-read") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="transmed-write") as write_pool,
     ):
-        source: Iterator[tuple[Case, Future]] = (
-            (c, reader.submit(_prepare, predictor, c, max_voxels)) for c in cases
-        )  # lazy: each next() starts one load
-        pending_write: tuple[CaseResult, Case, Future] | None = None
 
-        def finish_write() -> None:
-            nonlocal pending_write
-            if pending_write is None:
-                return
-            res, case, fut = pending_write
-            pending_write = None
-            t0 = time.perf_counter()
-            try:
-                res.outputs = fut.result()
-            except CASE_ERRORS as exc:
-                res.ok, res.error = False, _message(case, exc)
-            res.seconds["write_wait"] = time.perf_counter() - t0
-            results.append(res)
-            if on_result:
-                on_result(res)
+        def load(case: Case) -> Future:
+            return reader.submit(_prepare, predictor, case, max_voxels)
 
-        def timed_write(case: Case, result: Prediction) -> list[str]:
-            t0 = time.perf_counter()
-            out = writer.write(case, result)
-            result.seconds["write"] = time.perf_counter() - t0
-            return out
-
-        # Keep one load in flight ahead of the case being computed.
-        queue: list[tuple[Case, Future]] = []
-        nxt = next(source, None)
-        if nxt:
-            queue.append(nxt)
-        while queue:
-            case, fut = queue.pop(0)
-            nxt = next(source, None)
-            if nxt:
-                queue.append(nxt)
+        loads: deque[Future] = deque([load(cases[0])] if cases else [])
+        pending: tuple[CaseResult, Case, Future] | None = None
+        for i, case in enumerate(cases):
+            fut = loads.popleft()
+            if i + 1 < len(cases):  # one load in flight ahead of the case being computed
+                loads.append(load(cases[i + 1]))
             res = CaseResult(case.case_id, ok=True)
             try:
                 prepared, seconds = fut.result()
-                prediction = predictor.predict_prepared(prepared, keep_probabilities=keep_probs)
+                del fut  # the future holds the case's arrays
+                prediction = predictor.predict_prepared(
+                    prepared, keep_probabilities=writer.probabilities
+                )
                 del prepared
             except CASE_ERRORS as exc:
                 log.info("%s", _message(case, exc))
-                finish_write()
                 res.ok, res.error = False, _message(case, exc)
-                results.append(res)
-                if on_result:
-                    on_result(res)
+                finish(pending)
+                pending = None
+                record(res)
                 continue
             prediction.seconds.update(seconds)
             res.seconds = prediction.seconds  # the writer thread adds "write" to this dict
             res.window = list(prediction.window) if prediction.window else None
-            finish_write()
-            pending_write = (res, case, write_pool.submit(timed_write, case, prediction))
-        finish_write()
+            finish(pending)
+            pending = (res, case, write_pool.submit(timed_write, case, prediction))
+        finish(pending)
     return results
 
 

@@ -8,7 +8,6 @@ T1ce by default) frame by frame, named ``<SEG SOPInstanceUID>.dcm``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,9 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage as ndi
 
-from transmed.data.labels import MODALITIES
+from transmed.data.labels import MODALITIES, N_CLASSES
 from transmed.io.dicom import (
     DicomError,
     DicomSeries,
@@ -26,9 +24,11 @@ from transmed.io.dicom import (
     ModalityRules,
     is_valid_uid,
     load_study,
+    study_log_key,
 )
 from transmed.io.dicom_seg import build_seg, write_seg
 from transmed.io.nifti import DEFAULT_MAX_VOXELS, save_volume
+from transmed.transforms import spatial
 
 if TYPE_CHECKING:
     from transmed.inference.predictor import Predictor
@@ -66,8 +66,9 @@ class DicomPrediction:
 
 
 def case_key(study_uid: str) -> str:
-    """A short, non-identifying case id for logs: ``dicom-`` + 12 hex of SHA-256(study UID)."""
-    return "dicom-" + hashlib.sha256(study_uid.encode()).hexdigest()[:12]
+    """A short, non-identifying case id: ``dicom-`` + :func:`study_log_key` (the node's logs
+    name the same study by the same 12 hex characters)."""
+    return "dicom-" + study_log_key(study_uid)
 
 
 def labels_on_series_grid(
@@ -82,12 +83,10 @@ def labels_on_series_grid(
     if labels.shape == tuple(series.shape) and np.allclose(affine, series.affine, atol=atol_mm):
         return np.asarray(labels, dtype=np.uint8)
     log.info("labels resampled (nearest neighbour) onto the %s grid", series.label)
-    to_labels = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ series.affine
-    out = ndi.affine_transform(
-        np.asarray(labels, dtype=np.uint8), to_labels[:3, :3], offset=to_labels[:3, 3],
-        output_shape=tuple(series.shape), order=0, mode="constant", cval=0,
-    )  # fmt: skip
-    return out.astype(np.uint8)
+    grid = spatial.Grid(tuple(series.shape), np.asarray(series.affine, dtype=np.float64))
+    return spatial.resample_labels_to_grid(
+        np.asarray(labels, dtype=np.uint8), affine, grid, n_classes=N_CLASSES, method="nearest"
+    )
 
 
 def _reference_modality(predictor: Predictor, study: DicomStudy) -> str:

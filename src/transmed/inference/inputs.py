@@ -32,22 +32,19 @@ class PredictInput:
 
 
 def _looks_like_dicom(folder: Path, limit: int = 50) -> bool:
-    """True when the folder has DICOM files (``DICM`` at byte 128) and no NIfTI files."""
-    seen = 0
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
-            continue
+    """True when the folder has DICOM files (pydicom's ``is_dicom``: ``DICM`` at byte 128) and
+    no NIfTI files; looks at ``limit`` files at most."""
+    from pydicom.misc import is_dicom
+
+    for seen, path in enumerate(p for p in sorted(folder.rglob("*")) if p.is_file()):
         if _NIFTI.search(path.name):
             return False
         try:
-            with path.open("rb") as fh:
-                fh.seek(128)
-                if fh.read(4) == b"DICM":
-                    return True
-        except OSError:
+            if not path.name.startswith(".") and is_dicom(path):
+                return True
+        except OSError:  # unreadable: not evidence either way
             pass
-        seen += 1
-        if seen >= limit:
+        if seen + 1 >= limit:
             break
     return False
 

@@ -10,19 +10,13 @@ anything from the patient's record.
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+from transmed.io.dicom.errors import is_valid_uid, study_log_key  # noqa: F401 (re-exported)
 
 
 class UnsafeName(ValueError):
     """A value that cannot be used as a name on disk."""
-
-
-def is_valid_uid(value: object) -> bool:
-    """True for a DICOM UID: ``^[0-9]+(\\.[0-9]+)*$``, 1 to 64 characters."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def uid_key(value: object, what: str = "UID") -> str:
@@ -40,11 +34,6 @@ def uid_key(value: object, what: str = "UID") -> str:
 def hashed_key(value: str, length: int = 16) -> str:
     """A path- and log-safe stand-in for any string: ``h`` + hex SHA-256 prefix."""
     return "h" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:length]
-
-
-def study_log_key(study_uid: str) -> str:
-    """How logs name a study: 12 hex characters of the SHA-256 of its Study Instance UID."""
-    return hashlib.sha256(study_uid.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def safe_join(root: Path, *parts: str) -> Path:

@@ -31,7 +31,7 @@ Modules, one per concept (import from this package; the names below are its inte
 - :mod:`.study`: stage 4, :class:`DicomStudy`, :func:`load_study`.
 """
 
-from transmed.io.dicom.errors import DicomError, is_valid_uid
+from transmed.io.dicom.errors import DicomError, is_valid_uid, study_log_key
 from transmed.io.dicom.frames import FrameRef
 from transmed.io.dicom.rules import ModalityRule, ModalityRules, has_contrast_agent, series_text
 from transmed.io.dicom.scan import (
@@ -70,6 +70,7 @@ __all__ = [
     "SkippedFile",
     "has_contrast_agent",
     "is_valid_uid",
+    "study_log_key",
     "load_study",
     "read_header",
     "scan_folder",

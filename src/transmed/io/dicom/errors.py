@@ -7,12 +7,13 @@ patient identifier; :func:`_show` prints paths relative to the scanned folder fo
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 class DicomError(ValueError):
@@ -22,7 +23,14 @@ class DicomError(ValueError):
 
 def is_valid_uid(value: object) -> bool:
     """True for a DICOM UID: digits and dots (``^[0-9]+(\\.[0-9]+)*$``), at most 64 chars."""
-    return isinstance(value, str) and len(value) <= 64 and bool(_UID_RE.match(value))
+    # fullmatch: "$" would also accept a trailing newline, and UIDs become file names
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
+
+
+def study_log_key(study_uid: str) -> str:
+    """How logs name a study: 12 hex characters of the SHA-256 of its Study Instance UID
+    (never a patient identifier; the same study always gets the same key)."""
+    return hashlib.sha256(study_uid.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def _show(path: Path, root: Path | None) -> str:
