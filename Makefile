@@ -34,9 +34,10 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 # Orthanc and its DICOMweb plugin (Debian packages) for the DICOM node's end-to-end tests, which
-# start their own private Orthanc. Installed only when missing, with apt-get, as root or with
-# passwordless sudo; otherwise a note (those tests then skip, or fail under .ci/run). The
-# packaged system daemon is not needed: it is stopped and disabled right after installing.
+# start their own private Orthanc, and chromium for the viewer's browser tests. Installed only
+# when missing, with apt-get, as root or with passwordless sudo; otherwise a note (those tests
+# then skip, or fail under .ci/run). Orthanc's packaged system daemon is not needed: it is
+# stopped and disabled right after installing.
 ORTHANC_PLUGIN ?= /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 .PHONY: system-deps
 system-deps:
@@ -52,4 +53,17 @@ system-deps:
 		  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb && \
 		  { $$SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true; }; } || \
 		echo "system-deps: installing Orthanc failed; its tests skip (fail under .ci/run)"; \
+	fi
+	@# Debian's chromium for the viewer's browser tests (Playwright drives it; no browser download).
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then \
+		:; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "system-deps: no apt-get here; install chromium yourself"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+		else echo "system-deps: need root or sudo to apt-get install chromium"; exit 0; fi; \
+		{ $$SUDO apt-get update -qq && \
+		  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "system-deps: installing chromium failed; browser tests skip (fail under .ci/run)"; \
 	fi

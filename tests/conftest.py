@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,40 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+#: The real clinical example (TCIA TCGA-FG-6692, four NIfTI series on three grids), looked for
+#: in this order: $TRANSMED_TCGA_DIR, the repository's examples/ folder, the ../shared/data
+#: folder beside the clone (what CI provides).
+TCGA_ENV = "TRANSMED_TCGA_DIR"
+TCGA_NAME = "TCGA-FG-6692"
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def tcga_candidates() -> list[Path]:
+    env = os.environ.get(TCGA_ENV)
+    return ([Path(env)] if env else []) + [
+        _REPO / "examples" / TCGA_NAME, _REPO.parent / "shared" / "data" / TCGA_NAME
+    ]  # fmt: skip
+
+
+def find_tcga() -> Path | None:
+    """The folder holding ``TCGA-FG-6692_{t1,t1c,t2,flair}.nii.gz``, or ``None``."""
+    for folder in tcga_candidates():
+        if (folder / f"{TCGA_NAME}_t1c.nii.gz").is_file():
+            return folder
+    return None
+
+
+@pytest.fixture
+def tcga_dir() -> Path:
+    """The real TCGA example's folder; the test skips, saying where it looked, without it."""
+    folder = find_tcga()
+    if folder is None:
+        looked = ", ".join(str(p) for p in tcga_candidates())
+        pytest.skip(f"real TCGA example not found (looked in {looked}); set {TCGA_ENV} to "
+                    f"the folder holding {TCGA_NAME}_{{t1,t1c,t2,flair}}.nii.gz")  # fmt: skip
+    return folder
+
+
 def make_tiny_checkpoint(path, name: str = "transmed_full", patch=(32, 32, 32), **prep):
     """A small random-init model saved as a real TransMed checkpoint (for inference tests).
 
@@ -25,7 +60,7 @@ def make_tiny_checkpoint(path, name: str = "transmed_full", patch=(32, 32, 32), 
     """
     from dataclasses import asdict
 
-    from transmed.training.checkpoint import save_untrained_checkpoint
+    from transmed.models.checkpoint import save_untrained_checkpoint
     from transmed.transforms.preprocess import PreprocessConfig
 
     kwargs = {"features": (8, 16, 32, 64)} if name.startswith(("transmed", "unet")) else {}

@@ -58,7 +58,7 @@ def run_demo(
     """Run the study into ``out`` (resumable: finished stages are kept). Returns paths."""
     from transmed.data.synth import generate_cohort
     from transmed.evaluation.compare import compare
-    from transmed.evaluation.report import write_html_report
+    from transmed.evaluation.report import write_study_report
     from transmed.training.run import prepare_data, train
 
     settings = settings or DemoSettings()
@@ -80,7 +80,7 @@ def run_demo(
                   progress=progress)  # fmt: skip
         runs.append(run_dir)
     _, markdown, _ = compare(runs, out=out / "comparison")
-    report = write_html_report(runs[0], out / "report.html")
+    report = write_study_report(runs, out / "report.html")
     return {
         "out": out,
         "comparison": markdown,

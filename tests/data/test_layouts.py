@@ -312,13 +312,11 @@ def test_cli_index_bad_folder_exit_2(tmp_path: Path, args: list[str], expected: 
     assert expected in _flat(result.output)
 
 
-TCGA = Path("/work/shared/data/TCGA-FG-6692")
-
-
-@pytest.mark.skipif(not TCGA.is_dir(), reason="shared clinical example not present")
-def test_real_clinical_case_on_three_grids() -> None:
-    """The TCGA example: native scanner space, t1/t1c, t2 and flair on three different grids."""
-    index = index_dataset(TCGA.parent)
+def test_real_clinical_case_on_three_grids(tcga_dir: Path, tmp_path: Path) -> None:
+    """The TCGA example: native scanner space, t1/t1c, t2 and flair on three different grids
+    (tests/conftest.py finds it, or the test skips saying where it looked)."""
+    (tmp_path / tcga_dir.name).symlink_to(tcga_dir.resolve(), target_is_directory=True)
+    index = index_dataset(tmp_path)  # a dataset of this one case, wherever it lives
     assert index.layout == "brats2021" and index.problems == []
     (case,) = index.cases
     volumes = load_case(case)

@@ -43,6 +43,26 @@ def _truncate(path: Path) -> None:
     path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
 
 
+def _qform_only_zero_pixdim(path: Path) -> None:
+    """A qform-only header with pixdim[3] = 0 (nibabel would read it as 1 mm)."""
+    img = nib.Nifti1Image(image("t1"), AFFINE)
+    img.set_qform(AFFINE, code=1)
+    img.set_sform(None, code=0)
+    nib.save(img, str(path))
+    patch_header(path, PIXDIM + 12, [0.0])
+
+
+def _nifti2_wrapping_dims(path: Path) -> None:
+    """A NIfTI-2 header claiming 2**32 × 2**32 × 1 voxels: the int64 product wraps to 0."""
+    hdr = nib.Nifti2Header()
+    hdr.set_data_dtype(np.uint8)
+    hdr["dim"] = [3, 2**32, 2**32, 1, 1, 1, 1, 1]
+    hdr["pixdim"] = [1.0] * 8
+    hdr["vox_offset"] = 544
+    hdr.set_sform(AFFINE, code=1)
+    path.write_bytes(gzip.compress(hdr.binaryblock + b"\0" * 4))
+
+
 # Each bad input: (which file of case 0, how to break it, message fragment, seen by the
 # header-only index?). Case 0 of a two-case BraTS 2021 dataset is broken; case 1 stays good.
 BAD_INPUTS: dict[str, tuple[str, Callable[[Path], None], str, bool]] = {
@@ -78,6 +98,8 @@ BAD_INPUTS: dict[str, tuple[str, Callable[[Path], None], str, bool]] = {
         True,
     ),
     "missing_modality": ("t1ce", lambda p: p.unlink(), "missing modality t1ce", True),
+    "zero_pixdim_qform_only": ("t1", _qform_only_zero_pixdim, "pixdim[3] is 0", True),
+    "nifti2_wrapping_dims": ("t2", _nifti2_wrapping_dims, "above the limit", True),
     "not_3d": (
         "t1",
         lambda p: write_nifti(p, np.zeros((*SHAPE, 2), np.float32)),

@@ -45,7 +45,7 @@ def test_brats_layout_perfect_missing_and_unmatched(
     for region in ("WT", "TC", "ET"):
         assert c1.metrics[region]["dice"] == 1.0 and c1.metrics[region]["hd95"] == 0.0
         assert c1.metrics[region]["lesion_dice"] == 1.0
-        assert c2.metrics[region]["dice"] == 0.0  # missing = empty prediction, never dropped
+        assert c2.metrics[region]["dice"] == 0.0  # missing = the worst case, never dropped
         assert c2.metrics[region]["hd95"] == HD95_ONE_EMPTY_MM
         assert c2.metrics[region]["sensitivity"] == 0.0
     summary = report.summary()
@@ -91,9 +91,16 @@ def test_grid_mismatch_fails_that_case_only(
     assert "shape" in failed["shape"] and "shape.nii.gz" in failed["shape"]
     assert "affine" in failed["moved"] and "0.5" in failed["moved"]
     summary = report.summary()
-    assert summary["n_evaluated"] == 1 and summary["metrics"]["ET"]["dice"]["n"] == 1
+    # never dropped: both count in the means as the worst case (BraTS: Dice 0, HD95 373.13 mm)
+    assert summary["n_evaluated"] == 1 and summary["n_worst_case"] == 2
+    assert summary["metrics"]["ET"]["dice"] == {"mean": pytest.approx(1 / 3),
+                                                "sd": pytest.approx(3**-0.5), "median": 0.0,
+                                                "n": 3}  # fmt: skip
+    assert summary["metrics"]["WT"]["hd95"]["mean"] == pytest.approx(2 * HD95_ONE_EMPTY_MM / 3)
+    assert set(summary["worst_case"]) == {"shape", "moved"}
     rows = [r for r in report.rows() if r["case"] == "moved"]
-    assert len(rows) == 3 and all(r["dice"] == "" and r["error"] for r in rows)
+    assert len(rows) == 3 and all(r["dice"] == 0.0 and r["worst_case"] == 1 and r["error"]
+                                  for r in rows)  # fmt: skip
 
 
 def test_unknown_label_value_names_the_file(
@@ -181,3 +188,39 @@ def test_write_report_and_workers(tmp_path: Path, write_label: Callable, tumour:
     assert summary["metrics"]["WT"]["dice"]["mean"] == pytest.approx(
         np.mean([float(r["dice"]) for r in rows if r["region"] == "WT"]))
     assert summary["missing_predictions"] == ["c3"] and summary["csv"] == str(csv_path)
+
+
+def test_worst_case_scores_reach_the_comparison_too(
+    tmp_path: Path, write_label: Callable, tumour: Callable
+) -> None:
+    """``transmed compare`` reads evaluate's CSV: a failed case stays in its means and pairs."""
+    from transmed.evaluation.compare import load_run
+
+    no_et = tumour()
+    no_et[no_et == 4] = 1  # c has no enhancing tumour: an empty guess would score ET Dice 1
+    ref = _brats2021(tmp_path / "ref", {"a": tumour(), "b": tumour(), "c": no_et}, write_label)
+    write_label(tmp_path / "pred" / "a.nii.gz", tumour())
+    write_label(tmp_path / "pred" / "b.nii.gz", tumour(shape=(16, 16, 13)))  # wrong grid
+    report = evaluate_folders(tmp_path / "pred", ref, progress=False)  # c: missing
+    write_report(report, tmp_path / "run" / "evaluation")
+    run = load_run(tmp_path / "run")
+    assert run.cases == ["a", "b", "c"] and set(run.failed) == {"b", "c"}
+    assert run.values["dice"]["WT"] == {"a": 1.0, "b": 0.0, "c": 0.0}
+    assert run.values["dice"]["ET"] == {"a": 1.0, "b": 0.0, "c": 0.0}  # missing: not flattered
+    assert run.summary("hd95", "ET")["mean"] == pytest.approx(2 * HD95_ONE_EMPTY_MM / 3)
+
+
+def test_label_4_in_plain_references_means_brats2021(
+    tmp_path: Path, write_label: Callable, tumour: Callable
+) -> None:
+    for case in ("x", "y"):  # plain {case}.nii.gz files, no dataset.json, no *_seg names
+        write_label(tmp_path / "flat" / f"{case}.nii.gz", tumour())  # values 0, 1, 2, 4
+        write_label(tmp_path / "pred" / f"{case}.nii.gz", tumour())
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "flat", progress=False)
+    assert report.ref_labels == "brats2021" and report.failed == {}
+    assert report.results[0].metrics["ET"]["dice"] == 1.0
+    three = tumour()
+    three[three == 4] = 3  # a BraTS 2023 / MSD value beside BraTS 2021's 4: no convention fits
+    write_label(tmp_path / "flat" / "w.nii.gz", three)
+    with pytest.raises(ValueError, match=r"both 3 .*w\.nii\.gz.* and 4 .*--labels"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "flat", progress=False)

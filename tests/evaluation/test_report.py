@@ -211,3 +211,60 @@ def test_to_ras_flips_and_permutes_axes() -> None:
     assert tumour_centre(lab) == (2, 2, 2)
     lab[1, 3, 4] = 1
     assert tumour_centre(np.zeros((5, 5, 5)), lab) == (1, 3, 4)
+
+
+def test_study_report_covers_every_run_and_the_comparison(tmp_path: Path) -> None:
+    """The demo's report.html: one page, the comparison first, then each model's sections."""
+    cases = [f"case_{i}" for i in range(6)]
+    full = make_run(tmp_path / "transmed_full", "transmed_full",
+                    {c: [0.8 + 0.01 * i] * 3 for i, c in enumerate(cases)})  # fmt: skip
+    unet = make_run(tmp_path / "unet", "unet",
+                    {c: [0.7 + 0.01 * i] * 3 for i, c in enumerate(cases)})  # fmt: skip
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", str(full), str(unet), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    _self_contained(page)
+    assert "<h1>TransMed study: transmed_full, unet</h1>" in page
+    for model in ("transmed_full", "unet"):  # each run's own sections, one level down
+        assert f"<h2>{model} — training run</h2>" in page
+    assert page.count("<h3>Metrics</h3>") == 2 and page.count("<h3>Training curves</h3>") == 2
+    # the comparison: runs table, paired differences (+0.100 for every case), box plots
+    assert page.index("Comparison of 2 runs") < page.index("<h2>transmed_full — training run")
+    assert "<td>transmed_full</td><td>WT</td><td>6</td><td>+0.100</td>" in page
+    assert page.count("data:image/png;base64,") == 2 + 2  # dice + hd95 boxes, two curves
+    # one folder is a run page; several need --out
+    result = runner.invoke(app, ["report", str(full), str(unet)])
+    assert result.exit_code == 2 and "--out" in result.output
+
+
+def test_markdown_tables_become_html_tables() -> None:
+    from transmed.evaluation.report import markdown_to_html
+
+    html_text = markdown_to_html("# Title\n\nSome **bold** `code` <x>.\n\n| a | b |\n|---|---|\n"
+                                 "| 1 | 2 |\n\n- one\n- two", level=2)  # fmt: skip
+    assert html_text.splitlines() == [
+        "<h2>Title</h2>",
+        "<p>Some <b>bold</b> <code>code</code> &lt;x&gt;.</p>",
+        "<table><thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>1</td><td>2</td>"
+        "</tr></tbody></table>",
+        "<ul><li>one</li><li>two</li></ul>",
+    ]
+
+
+def test_report_gives_each_case_a_working_viewer_command(evaluated_run: tuple[Path, Path]) -> None:
+    """The ``transmed view`` command printed for a case opens that case with its images."""
+    import shlex
+
+    from transmed.viewer.sources import catalogue
+    from transmed.viewer.volumes import load
+
+    run, _ = evaluated_run
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0
+    commands = re.findall(r"<code>(transmed view [^<]+)</code>", (run / "report.html").read_text())
+    assert len(commands) == 3  # best, median, worst
+    argv = shlex.split(html.unescape(commands[0]))
+    path, images, case = argv[2], argv[argv.index("--images") + 1], argv[argv.index("--case") + 1]
+    cat = catalogue(path, images=images)
+    opened = load(cat.get(case))
+    assert opened.case.prediction.name == f"{case}.nii.gz" and "t1ce" in opened.case.images

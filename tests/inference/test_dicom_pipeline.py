@@ -14,7 +14,7 @@ from transmed.data.synth.dicom import write_dicom_study
 from transmed.inference.dicom import labels_on_series_grid, predict_dicom_study
 from transmed.inference.predictor import Predictor
 from transmed.io.dicom import DicomError, is_valid_uid, load_study
-from transmed.io.dicom_seg import read_seg
+from transmed.io.dicom.seg import read_seg
 from transmed.io.nifti import load_volume
 
 PATIENT_NAME = "Quixotic^Zebediah"

@@ -13,7 +13,7 @@ from transmed.inference import predictor as predictor_mod
 from transmed.inference.memory import measure_bytes_per_voxel, padded_voxels, parse_budget
 from transmed.inference.predictor import Predictor
 from transmed.io.nifti import Volume
-from transmed.training.checkpoint import CheckpointError
+from transmed.models.checkpoint import CheckpointError
 
 
 def _volumes(shape=(20, 22, 18), spacing=(1.0, 1.0, 1.0), seed=0) -> dict[str, Volume]:
@@ -43,28 +43,88 @@ def test_padded_voxels():
     assert padded_voxels((17, 16, 1), 16) == 32 * 16 * 16
 
 
-def test_window_choice_follows_mode_and_budget(tiny_checkpoint):
-    p = Predictor.from_path(tiny_checkpoint)
-    assert p.roi_size == (32, 32, 32)
-    big = (40, 40, 40)
-    assert p.window_for((20, 20, 20)) is None  # fits in one window: always whole
-    p.mode = "sliding"
-    assert p.window_for(big) == (32, 32, 32)
-    p.mode = "whole"
-    assert p.window_for(big) is None
-    p.mode = "auto"
+def test_window_follows_the_recorded_mode_never_free_memory(tiny_checkpoint, monkeypatch):
+    """Issue 10: ``--mode auto`` used to pick whole volume or sliding window from half the free
+    memory, so a busy and an idle machine gave different labels for one case and checkpoint."""
+    from transmed.inference import memory
+
+    image = np.random.default_rng(0).normal(size=(4, 40, 36, 34)).astype(np.float32)
+    results = {}
+    for free in (2**10, 2**42):  # a busy machine (1 KiB free) and an idle one (4 TiB)
+        monkeypatch.setattr(memory, "available_bytes", lambda device="cpu", f=free: f)
+        p = Predictor.from_path(tiny_checkpoint)
+        assert p.resolved_mode == "sliding"  # what save_checkpoint records by default
+        assert p.window_for(image.shape[1:]) == (32, 32, 32)
+        results[free] = p.probabilities(image)
+    np.testing.assert_array_equal(results[2**10], results[2**42])
+
+
+def test_the_mode_is_a_recorded_property_of_the_checkpoint(tmp_path, tiny_checkpoint):
+    from transmed.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt["inference_mode"] == "sliding"
+    whole = save_checkpoint(tmp_path / "whole.pt", {**ckpt, "inference_mode": "whole"})
+    p = Predictor.from_path(whole)
+    assert (p.mode, p.resolved_mode) == ("auto", "whole")
+    assert p.window_for((40, 40, 40)) is None
+    result = p.predict_case(_volumes(), "c")
+    assert result.mode == "whole" and result.window is None
+    p.mode = "sliding"  # the user's explicit choice wins, and the result says so
+    result = p.predict_case(_volumes(), "c")
+    assert result.mode == "sliding" and result.window == (32, 32, 32)
+
+
+def test_an_unknown_or_inconsistent_recorded_mode_is_refused_by_name(tmp_path, tiny_checkpoint):
+    from transmed.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    with pytest.raises(ValueError, match="inference_mode 'fast'"):
+        save_checkpoint(tmp_path / "x.pt", {**ckpt, "inference_mode": "fast"})
+    bad = tmp_path / "bad.pt"
+    torch.save({**ckpt, "inference_mode": "fast"}, bad)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: inference_mode 'fast'"):
+        Predictor.from_path(bad)
+    for fold, mode in ((0, "sliding"), (1, "whole")):
+        (tmp_path / "cv" / f"fold_{fold}" / "checkpoints").mkdir(parents=True)
+        path = tmp_path / "cv" / f"fold_{fold}" / "checkpoints" / "final.pt"
+        save_checkpoint(path, {**ckpt, "inference_mode": mode})
+    with pytest.raises(CheckpointError, match=r"different inference modes.*fold_1.*whole"):
+        Predictor.from_path(tmp_path / "cv")
+
+
+def test_whole_volume_over_an_explicit_memory_budget_is_refused_not_switched(tiny_checkpoint):
+    p = Predictor.from_path(tiny_checkpoint, mode="whole", memory_budget=1024)
+    with pytest.raises(ValueError, match="over the memory budget.*--mode sliding"):
+        p.window_for((40, 40, 40))
     p.memory_budget = 2**40
-    assert p.window_for(big) is None
-    p.memory_budget = 1024  # 1 KiB: nothing fits
-    assert p.window_for(big) == (32, 32, 32)
-    assert p.whole_volume_bytes(big) > p.whole_volume_bytes((20, 20, 20)) > 0
+    assert p.window_for((40, 40, 40)) is None
+    assert p.whole_volume_bytes((40, 40, 40)) > p.whole_volume_bytes((20, 20, 20)) > 0
 
 
-def test_measured_bytes_per_voxel_is_plausible(tiny_checkpoint):
-    model = Predictor.from_path(tiny_checkpoint).models[0]
-    per_voxel = measure_bytes_per_voxel(model)
-    # at least the float32 input and output; far less than a naive 1 MB per voxel
-    assert 4 * 7 <= per_voxel < 2**20
+class _KnownMemoryModel(torch.nn.Module):
+    """A stand-in network whose forward holds exactly ``BYTES`` bytes per input voxel."""
+
+    BYTES = 1024
+    in_channels = 4
+    fixed_size = (32, 32, 32)  # calibrate on 32³: 32 MiB of working memory
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        work = torch.ones((self.BYTES // 4, *x.shape[2:]))  # float32, every page touched
+        return x[:, :3] * work[:1]
+
+
+def test_measured_bytes_per_voxel_matches_a_known_working_set():
+    from transmed.inference import memory
+    from transmed.inference.memory_probe import reset_peak_rss
+
+    per_voxel = measure_bytes_per_voxel(_KnownMemoryModel())
+    if not reset_peak_rss():  # no /proc/self/clear_refs: the documented conservative answer
+        assert per_voxel == memory.FALLBACK_BYTES_PER_VOXEL
+        return
+    # the forward's 1024 B/voxel buffer (less a few pages the allocator already held), plus its
+    # few float32 outputs; not the weights, the input or anything allocated before
+    assert 0.95 * _KnownMemoryModel.BYTES <= per_voxel < _KnownMemoryModel.BYTES + 128
 
 
 def test_bad_predictor_arguments(tiny_checkpoint):
@@ -120,7 +180,7 @@ def test_cross_validation_folder_is_an_ensemble_of_its_folds(tmp_path, checkpoin
 
 def test_checkpoint_with_other_input_channels_is_refused_by_name(tmp_path):
     from transmed.models import create_model
-    from transmed.training.checkpoint import save_checkpoint
+    from transmed.models.checkpoint import save_checkpoint
 
     model = create_model("unet", in_channels=3, features=(8, 16, 32, 64))
     path = save_checkpoint(tmp_path / "three.pt", {"model": model.state_dict(),

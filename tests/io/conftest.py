@@ -116,10 +116,28 @@ def make_enhanced_mr(
     return ds, {"row": row, "col": col, "normal": normal, "origin": origin}
 
 
-def small_mr_series(folder: Path, *, source: str = "MR_small.dcm", n: int = 3) -> list[Path]:
-    """``n`` slices built from a real single-frame MR file (positions along its normal)."""
+def small_mr_series(
+    folder: Path,
+    *,
+    source: str = "MR_small.dcm",
+    n: int = 3,
+    orientation: Sequence[float] | None = None,
+    roll: int = 0,
+) -> list[Path]:
+    """``n`` slices built from a real single-frame MR file (positions along its normal).
+
+    Args:
+        orientation: an ImageOrientationPatient to declare instead of the file's own (the
+            pixels stay the real ones, the plane becomes e.g. sagittal or coronal).
+        roll: slice k's pixels are the real ones rolled by ``k * roll`` columns, so that every
+            slice differs and a reader that stacks them in the wrong order is caught.
+
+    Returns:
+        the written files in slice order (their names are not in that order).
+    """
     base = pydicom.dcmread(get_testdata_file(source))
-    iop = np.asarray(base.ImageOrientationPatient, dtype=float)
+    iop = np.asarray(orientation if orientation is not None else base.ImageOrientationPatient,
+                     dtype=float)  # fmt: skip
     normal = np.cross(iop[:3], iop[3:])
     series_uid = generate_uid()
     paths = []
@@ -127,6 +145,10 @@ def small_mr_series(folder: Path, *, source: str = "MR_small.dcm", n: int = 3) -
         ds = pydicom.dcmread(get_testdata_file(source))
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if orientation is not None:
+            ds.ImageOrientationPatient = [round(float(v), 6) for v in iop]
+        if roll:
+            ds.PixelData = np.roll(ds.pixel_array, k * roll, axis=1).tobytes()
         xyz = np.asarray(base.ImagePositionPatient, dtype=float) + 2.5 * k * normal
         ds.ImagePositionPatient = [round(float(v), 4) for v in xyz]
         ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID

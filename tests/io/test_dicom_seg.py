@@ -12,7 +12,7 @@ import pytest
 import transmed
 from transmed.data.labels import labels_to_regions
 from transmed.io.dicom import load_study, scan_folder
-from transmed.io.dicom_seg import build_seg, read_seg, write_seg
+from transmed.io.dicom.seg import build_seg, read_seg, write_seg
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 
@@ -118,3 +119,74 @@ def test_metrics_token(tmp_path, monkeypatch):
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.status == 200
         assert _get(base + "/health")[0] == 200  # probes need no token
+
+
+def _status_server(health=None, **kwargs):
+    from transmed.service.http import StatusServer
+
+    server = StatusServer(
+        "127.0.0.1",
+        0,
+        health or (lambda: (True, {})),
+        lambda: {},
+        lambda: "",
+        **kwargs,
+    )
+    server.start()
+    return server
+
+
+def _closed_within(sock, seconds: float) -> bool:
+    """Whether the server closes ``sock`` (EOF or reset) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_silent_connections_are_capped_and_timed_out():
+    """1,050 half-open connections once took the process past 1,024 descriptors."""
+    import socket
+    import threading
+
+    server = _status_server(max_connections=4, read_timeout_s=0.5)
+    before = threading.active_count()
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(12)]
+    try:
+        # beyond the cap: closed at once; within it: closed after the read timeout
+        assert sum(_closed_within(s, 0.3) for s in socks) >= 8
+        assert threading.active_count() - before <= 4
+        assert all(_closed_within(s, 3.0) for s in socks)
+        assert _get(f"http://127.0.0.1:{server.port}/health")[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+
+
+def test_client_disconnect_is_not_a_traceback(capfd, caplog):
+    """A probe that hangs up before the answer: no traceback on stderr, no error logged."""
+    import socket
+    import struct
+    import time
+
+    def slow_health():
+        time.sleep(0.4)
+        return True, {}
+
+    server = _status_server(slow_health)
+    try:
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # a reset, while the server is still answering
+        time.sleep(1.0)
+    finally:
+        server.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -75,7 +75,7 @@ def _check_seg(seg: pydicom.Dataset, study, study_dir: Path, predictor) -> None:
     """The SEG references the t1ce series, has its geometry, and holds what `predict` gives."""
     from transmed.inference.dicom import predict_dicom_study
     from transmed.io.dicom import load_study
-    from transmed.io.dicom_seg import read_seg
+    from transmed.io.dicom.seg import read_seg
 
     assert seg.SOPClassUID == SEG_SOP_CLASS
     assert seg.StudyInstanceUID == study.study_uid

@@ -90,7 +90,7 @@ def test_nonfinite_loss_is_skipped_then_stops(
     from transmed.training import trainer as trainer_mod
 
     calls = {"n": 0}
-    real = trainer_mod._loss_fn
+    real = trainer_mod.build_loss
 
     def flaky(config: TrainConfig) -> torch.nn.Module:
         inner = real(config)
@@ -102,7 +102,7 @@ def test_nonfinite_loss_is_skipped_then_stops(
 
         return loss  # type: ignore[return-value]
 
-    monkeypatch.setattr(trainer_mod, "_loss_fn", flaky)
+    monkeypatch.setattr(trainer_mod, "build_loss", flaky)
     cfg = TrainConfig(**{**tiny_config, "epochs": 2})
     result = train(tiny_brats, tmp_path / "flaky", cfg, progress=False)
     assert result.nonfinite_steps == 1
@@ -112,7 +112,7 @@ def test_nonfinite_loss_is_skipped_then_stops(
     def always_nan(config: TrainConfig):
         return lambda out, y: out.sum() * float("nan")
 
-    monkeypatch.setattr(trainer_mod, "_loss_fn", always_nan)
+    monkeypatch.setattr(trainer_mod, "build_loss", always_nan)
     cfg = TrainConfig(**{**tiny_config, "max_nonfinite": 3, "iters_per_epoch": 5})
     with pytest.raises(trainer_mod.TrainingError, match="3 consecutive non-finite"):
         train(tiny_brats, tmp_path / "nan", cfg, progress=False)
@@ -225,7 +225,7 @@ def test_cross_validation_two_folds(tiny_brats: Path, tmp_path: Path, tiny_confi
     mine = tmp_path / "mine.json"
     ids = sorted(c for s in splits for c in s["val"])
     mine.write_text(json.dumps([{"train": ids[1:], "val": ids[:1]},
-                                {"train": ids[:1] + ids[2:], "val": ids[1:2]}]))  # fmt: skip
+                                {"train": ids[:1], "val": ids[1:]}]))  # every case validated once
     cross_validate(tiny_brats, tmp_path / "cv2", cfg, splits_file=mine, progress=False)
     assert json.loads((tmp_path / "cv2" / "splits.json").read_text())[0]["val"] == ids[:1]
 
@@ -278,7 +278,7 @@ def test_demo_cli_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch, t
         return {"comparison": "table", "minutes": 0.0, "report": out / "report.html"}
 
     monkeypatch.setattr(demo, "run_demo", fake_run)
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path), "--epochs", "3",
+    r = runner.invoke(app, ["demo", "--study", "--out", str(tmp_path), "--epochs", "3",
                             "--models", "unet, segresnet"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert seen["settings"] == demo.DemoSettings(epochs=3, models=("unet", "segresnet"))

@@ -19,8 +19,6 @@ from transmed.transforms.preprocess import (
     preprocess_case,
 )
 
-TCGA = Path(__file__).resolve().parents[3] / "shared" / "data" / "TCGA-FG-6692"
-
 
 def _affine(
     spacing: tuple[float, float, float], codes: str = "RAS", perm=(0, 1, 2), origin=(0, 0, 0)
@@ -272,10 +270,9 @@ def test_rigid_coregistration_recovers_a_head_movement() -> None:
     np.testing.assert_allclose(w, rigid_register(fixed, moving, affine), atol=1e-9)  # repeatable
 
 
-@pytest.mark.skipif(not TCGA.is_dir(), reason=f"real TCGA example not present at {TCGA}")
-def test_real_tcga_case_end_to_end() -> None:
+def test_real_tcga_case_end_to_end(tcga_dir: Path) -> None:  # tests/conftest.py finds it
     files = {"t1": "t1", "t1ce": "t1c", "t2": "t2", "flair": "flair"}
-    images = {m: load_volume(TCGA / f"TCGA-FG-6692_{f}.nii.gz") for m, f in files.items()}
+    images = {m: load_volume(tcga_dir / f"TCGA-FG-6692_{f}.nii.gz") for m, f in files.items()}
     assert len({v.shape3d for v in images.values()}) == 3  # three different grids
     case = preprocess_case(images, None, PreprocessConfig(target_spacing=(1.0, 1.0, 1.0)))
     record = case.record

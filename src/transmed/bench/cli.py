@@ -9,10 +9,12 @@ from typing import Any
 import typer
 
 from transmed.bench.service import service_cmd
+from transmed.bench.service_load import service_load_cmd
 
 app = typer.Typer(
-    help="Benchmarks (JSON + Markdown under benchmarks/results/).", no_args_is_help=True
-)
+    help="Benchmarks (JSON + Markdown under benchmarks/results/).", no_args_is_help=True,
+    rich_markup_mode="markdown",  # bracketed defaults stay visible (not rich tags)
+)  # fmt: skip
 
 DEFAULT_OUT = Path("benchmarks/results")
 # The models of `bench predict` (kept here so `--help` needs no torch import).
@@ -267,3 +269,4 @@ def predict_cmd(
 
 
 app.command("service")(service_cmd)
+app.command("service-load")(service_load_cmd)

@@ -12,8 +12,8 @@ configuration): speed and memory do not depend on the weights, except the post-p
 which has more to clean in an untrained model's noisy output than in a trained one's.
 
 Sliding window uses the peers' standard setting (MONAI's BraTS tutorials and Swin UNETR's
-paper): 128³ windows, overlap 0.5, Gaussian weighting. Whole volume is run where the
-predictor's memory estimate fits the budget (``--memory-budget``).
+paper): 128³ windows, overlap 0.5, Gaussian weighting. Whole volume (``mode="whole"``) is
+run where the predictor's memory estimate fits the budget (``--memory-budget``), else skipped.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def make_case(out_dir: Path, shape: tuple[int, int, int], seed: int = 0) -> Path
 def make_checkpoint(name: str, path: Path, **model_kwargs: Any) -> Path:
     """An untrained ``name`` with its default arguments, the default preprocessing (the
     reference grid's own spacing: 1 mm for BraTS) and 128³ patches."""
-    from transmed.training.checkpoint import save_untrained_checkpoint
+    from transmed.models.checkpoint import save_untrained_checkpoint
 
     return save_untrained_checkpoint(path, name, patch_size=WINDOW, **model_kwargs)
 
@@ -101,8 +101,8 @@ def measure_predict(
     }
     net_shape = _net_shape(predictor, case)
     entry["network_shape"] = net_shape
-    if mode == "auto" and predictor.window_for(net_shape) is not None:
-        need = predictor.whole_volume_bytes(net_shape)
+    need = predictor.whole_volume_bytes(net_shape) if mode == "whole" and memory_budget else 0
+    if memory_budget is not None and need > memory_budget:  # mode="whole" would refuse it
         return {
             **entry,
             "status": "skipped",
@@ -194,7 +194,7 @@ def run_predict_benchmark(
             ckpt = make_checkpoint(name, root / f"{name}.pt")
             entries[name] = {
                 "sliding": run(f"{name} sliding", ckpt, case_dir, mode="sliding"),
-                "whole": run(f"{name} whole", ckpt, case_dir, mode="auto"),
+                "whole": run(f"{name} whole", ckpt, case_dir, mode="whole"),
             }
         result: dict[str, Any] = {
             "benchmark": "predict",
@@ -214,10 +214,10 @@ def run_predict_benchmark(
             nocl = make_checkpoint("transmed_full", root / "tf_nocl.pt", channels_last=False)
             result["variants"] = {
                 "fp32 (default)": entries["transmed_full"]["whole"],
-                "bf16 autocast": run("bf16", ckpt, case_dir, mode="auto", precision="bf16"),
-                "channels_last off": run("no channels_last", nocl, case_dir, mode="auto"),
-                "1 thread": run("1 thread", ckpt, case_dir, mode="auto", threads=1),
-                "torch.compile": run("compile", ckpt, case_dir, mode="auto", compile=True),
+                "bf16 autocast": run("bf16", ckpt, case_dir, mode="whole", precision="bf16"),
+                "channels_last off": run("no channels_last", nocl, case_dir, mode="whole"),
+                "1 thread": run("1 thread", ckpt, case_dir, mode="whole", threads=1),
+                "torch.compile": run("compile", ckpt, case_dir, mode="whole", compile=True),
             }
 
         if scales and "transmed_full" in models:
@@ -228,7 +228,7 @@ def run_predict_benchmark(
                 entry = (
                     entries["transmed_full"]["whole"]
                     if s == 1.0
-                    else run(f"scale {s}", root / "transmed_full.pt", case, mode="auto")
+                    else run(f"scale {s}", root / "transmed_full.pt", case, mode="whole")
                 )
                 scaling[str(s)] = {"shape": list(side), "voxels": math.prod(side), **entry}
             result["scaling"] = scaling

@@ -43,7 +43,7 @@ def make_untrained_checkpoint(path: Path, size: str) -> Path:
     from dataclasses import asdict
 
     from transmed.models import create_model
-    from transmed.training.checkpoint import save_checkpoint
+    from transmed.models.checkpoint import save_checkpoint
     from transmed.transforms.preprocess import PreprocessConfig
 
     if size == "tiny":

@@ -122,9 +122,11 @@ def index_dataset(
             ]
     iterator = cases
     if progress:
-        from tqdm import tqdm
+        from transmed.progress import progress_bar
 
-        iterator = tqdm(cases, desc="checking headers", unit="case", leave=False, disable=None)
+        iterator = progress_bar(
+            cases, desc="checking headers", unit="case", leave=False, disable=None
+        )
     for case in iterator:
         problems += [
             (case.case_id, msg)

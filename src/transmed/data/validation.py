@@ -7,6 +7,7 @@ what :func:`transmed.data.loading.load_case` refuses to load.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def read_grid(
     """Validate a header (see :func:`check_nifti_header`) and return its grid; reads no voxels."""
     img = check_nifti_header(path, max_voxels=max_voxels, allow_4d=allow_4d)
     shape = tuple(int(s) for s in img.shape)
-    channels = int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
+    channels = math.prod(shape[3:])  # Python ints: an int64 product of NIfTI-2 dims can wrap
     return HeaderGrid(path, shape[:3], np.asarray(img.affine, dtype=np.float64), channels)  # type: ignore[arg-type]
 
 

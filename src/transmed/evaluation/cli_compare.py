@@ -46,20 +46,28 @@ def compare_cmd(
 
 
 def report_cmd(
-    run: Path = typer.Argument(
-        ..., help="Run or cross-validation folder (with evaluation.csv).",
-        metavar="RUN_OR_CV_DIR", show_default=False,
+    runs: list[Path] = typer.Argument(
+        ..., help="Run or cross-validation folder(s) (with evaluation.csv); several: one study "
+        "page with their comparison first.",
+        metavar="RUN_OR_CV_DIR...", show_default=False,
     ),
-    out: Path = typer.Option(None, "--out", help="HTML file to write (default RUN/report.html)."),
+    out: Path = typer.Option(
+        None, "--out", help="HTML file to write (default RUN/report.html; needed for several)."
+    ),
     data: Path = typer.Option(
         None, "--data",
         help="Dataset folder for the case overlays (default: config.json's \"data\").",
     ),
 ) -> None:
     """A self-contained HTML report: training curves, metrics table, best/median/worst case
-    overlays and the config."""
+    overlays and the config; for several runs, one page with their comparison first."""
     with user_errors():
-        from transmed.evaluation.report import write_html_report
+        from transmed.evaluation.report import write_html_report, write_study_report
 
-        path = write_html_report(run, out, data=data)
+        if len(runs) == 1:
+            path = write_html_report(runs[0], out, data=data)
+        elif out is None:
+            raise ValueError("several runs: give the page's file name with --out")
+        else:
+            path = write_study_report(runs, out, data=data)
     typer.echo(f"wrote {path}")

@@ -20,8 +20,10 @@ U-Net"), else the first folder given.
 Run labels are the model names from ``config.json``; when two runs have the same model the
 folder name is added (``transmed_full (fold_a)``).
 
-Rows of ``evaluation.csv`` with an ``error`` (a case that could not be evaluated) are left out
-and counted as failed.
+Rows of ``evaluation.csv`` with an ``error`` are counted as failed; those scored as the worst
+case (``worst_case`` = 1: a missing or failed prediction) keep their worst-case values in every
+mean and paired test, as in ``transmed evaluate``; the others (an unusable reference, or a CSV
+written before worst-case scoring) are left out.
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ def read_evaluation_csv(
                 raise ValueError(f"{path}: case {case}: unknown region {region!r}")
             if (row.get("error") or "").strip():
                 failed[case] = row["error"].strip()
-                continue
+                if (row.get("worst_case") or "").strip() != "1":
+                    continue  # nothing to score against: left out
             for m in metrics:
                 values[m][region][case] = _number(row[m], path, case, m)
     for cases in values.values():
@@ -184,7 +187,7 @@ class RunResults:
 
     @property
     def cases(self) -> list[str]:
-        """Case ids with metrics (failed cases excluded), sorted."""
+        """Case ids with metrics (worst-case scored failures included), sorted."""
         return sorted(set().union(*(self.values[m][r] for m in self.metrics for r in REGIONS)))
 
     @property

@@ -9,14 +9,16 @@ Matching (by case id):
   an MSD / nnU-Net dataset folder) and the case id is the name minus ``.nii.gz``/``.nii``;
 - predictions: the NIfTI files directly in ``pred``, case id = name minus the ending (a trailing
   ``_seg``/``-seg`` is also accepted);
-- a reference without a prediction is evaluated against an empty prediction (Dice 0 wherever
-  the reference has tumour), flagged ``pred_missing`` in the CSV and listed in the summary;
-  a prediction without a reference is listed as unmatched; hidden files (``.*``) are ignored.
+- a prediction without a reference is listed as unmatched; hidden files (``.*``) are ignored.
 
-Each case's prediction must lie on the reference's grid (same shape, affines equal within
-:data:`GRID_ATOL_MM` mm); otherwise, or for an unreadable file or unknown label values, that
-case fails with a message naming the files, is written to the CSV with its ``error`` and no
-metrics, left out of the summary statistics and listed under ``"failed"``.
+Evaluation does not flatter: a case whose prediction is missing or fails (not on the reference's
+grid, i.e. same shape and affines equal within :data:`GRID_ATOL_MM` mm; unreadable; unknown
+label values) counts in the means as the worst case, as the BraTS challenge counts it
+(:func:`worst_case_metrics`: Dice 0, HD95 373.13 mm, sensitivity and specificity 0, lesion-wise
+Dice 0 and HD95 374 mm), flagged ``worst_case`` (and ``pred_missing``) in the CSV with its
+``error``, listed in the summary and counted in ``n_worst_case``, never dropped. Only a case
+whose *reference* cannot be read is left out of the means (there is nothing to score against);
+it is listed under ``"failed"`` and counted in ``n_excluded``.
 
 Outputs (see :func:`output_paths`): a per-case CSV, one row per case × region, and a JSON
 summary (mean, sd, median, n per region and metric; the case lists), both written atomically.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import math
 import re
@@ -41,7 +44,8 @@ import numpy as np
 
 from transmed.data.labels import REGIONS, LabelConvention, get_convention, to_internal
 from transmed.data.validation import GRID_ATOL_MM  # pred/ref affines may differ this much (mm)
-from transmed.evaluation.metrics import METRICS, region_metrics
+from transmed.evaluation.lesionwise import LESION_MISS_HD95_MM
+from transmed.evaluation.metrics import HD95_ONE_EMPTY_MM, METRICS, region_metrics
 from transmed.io.atomic import atomic_write_text
 from transmed.io.nifti import DEFAULT_MAX_VOXELS, check_nifti_header, load_volume
 
@@ -151,14 +155,47 @@ def pair_cases(pred_dir: str | Path, ref_dir: str | Path) -> CasePairs:
     return CasePairs(pairs, unmatched, suffixes)
 
 
-def resolve_convention(labels: str, ref_dir: str | Path, seg_suffixes: set[str]) -> LabelConvention:
+#: References read at most to look for BraTS 2021's label 4 (nearly every glioma has ET).
+_LABEL_PROBES = 20
+
+
+def _has_label_4(references: Iterable[Path], root: Path) -> bool:
+    """True when a reference holds the value 4 (BraTS 2021's ET) and none read before it 3.
+
+    Raises:
+        ValueError: a reference with 3 and one with 4 (no convention has both: ask).
+    """
+    seen_3: Path | None = None
+    for path in itertools.islice(references, _LABEL_PROBES):
+        try:
+            values = set(np.unique(load_volume(path, dtype=np.int32).data).tolist())
+        except ValueError:
+            continue  # an unreadable reference fails later, as its own case
+        if 4 in values:
+            if 3 in values or seen_3 is not None:
+                raise ValueError(
+                    f"--ref {root}: references hold both 3 ({seen_3 or path}) and 4 ({path}); "
+                    f"no label convention has both: pass --labels {'|'.join(LABEL_CHOICES)}"
+                )
+            return True
+        if 3 in values:
+            seen_3 = seen_3 or path
+    return False
+
+
+def resolve_convention(
+    labels: str, ref_dir: str | Path, seg_suffixes: set[str],
+    references: Iterable[Path] | None = None,
+) -> LabelConvention:  # fmt: skip
     """The reference label convention for ``labels`` (a name from :data:`LABEL_CHOICES` or
     ``"auto"``).
 
     ``auto``: a ``dataset.json`` in ``ref_dir`` (or its parent, for a ``labelsTr`` folder) with
     ``"labels"`` decides (MSD / nnU-Net); else reference names ``*_seg`` mean BraTS 2021 (ET = 4)
-    and ``*-seg`` BraTS 2023 (ET = 3). Plain ``{case}.nii.gz`` files with no dataset.json are
-    refused: BraTS 2023 and MSD both use the values 1-3 with different meanings.
+    and ``*-seg`` BraTS 2023 (ET = 3); else a reference holding the value 4 (only BraTS 2021
+    uses it; the first 20 ``references`` are read until one has it) means BraTS 2021. Other
+    plain ``{case}.nii.gz`` files are refused: BraTS 2023 and MSD both use the values 1-3 with
+    different meanings.
     """
     if labels != "auto":
         if labels not in LABEL_CHOICES:
@@ -181,6 +218,8 @@ def resolve_convention(labels: str, ref_dir: str | Path, seg_suffixes: set[str])
         return get_convention("brats2021")
     if seg_suffixes == {"-seg"}:
         return get_convention("brats2023")
+    if _has_label_4(references or [], root):
+        return get_convention("brats2021")
     raise ValueError(
         f"--ref {root}: cannot tell the label convention (no dataset.json with 'labels', "
         f"reference names not uniformly *_seg or *-seg); pass --labels "
@@ -190,13 +229,28 @@ def resolve_convention(labels: str, ref_dir: str | Path, seg_suffixes: set[str])
 
 @dataclass
 class CaseResult:
-    """Metrics of one case (``{region: {metric: value}}``), or the error that stopped it."""
+    """Metrics of one case (``{region: {metric: value}}``), and the error that stopped it.
+
+    A missing or failed prediction has ``worst_case`` set and :func:`worst_case_metrics` as its
+    metrics (with the ``error``); a case whose reference is unusable has no metrics at all.
+    """
 
     case_id: str
     pred_missing: bool
     metrics: dict[str, dict[str, float]] | None = None
     error: str | None = None
     spacing: tuple[float, float, float] | None = None
+    worst_case: bool = False
+
+
+def worst_case_metrics(lesionwise: bool = True) -> dict[str, dict[str, float]]:
+    """What a missing or failed prediction scores in every region (the BraTS challenge's
+    worst case): Dice 0, HD95 373.13 mm, sensitivity 0, specificity 0, and lesion-wise Dice 0,
+    HD95 374 mm; volumes and lesion counts are left out (blank in the CSV)."""
+    values = {"dice": 0.0, "hd95": HD95_ONE_EMPTY_MM, "sensitivity": 0.0, "specificity": 0.0}
+    if lesionwise:
+        values.update(lesion_dice=0.0, lesion_hd95=LESION_MISS_HD95_MM)
+    return {region: dict(values) for region in REGIONS}
 
 
 def _grid_error(pair: CasePair, max_voxels: int) -> str | None:
@@ -228,24 +282,31 @@ def evaluate_case(
 
     Spacing (mm) comes from the reference's affine. ValueErrors (headers, grids, label values)
     are returned in :attr:`CaseResult.error` rather than raised, so one bad case does not stop a
-    folder.
+    folder: a missing or failing prediction gets :func:`worst_case_metrics`; an unusable
+    reference gets no metrics.
     """
     missing = pair.pred is None
     try:
-        problem = _grid_error(pair, max_voxels)
-        if problem:
-            return CaseResult(pair.case_id, missing, error=problem)
+        check_nifti_header(pair.ref, max_voxels=max_voxels)
         ref = load_volume(pair.ref, max_voxels=max_voxels, dtype=np.int32)
         ref_labels = to_internal(ref.data, ref_convention, source=pair.ref)
-        if pair.pred is None:
-            pred_labels = np.zeros_like(ref_labels)
-        else:
-            pred = load_volume(pair.pred, max_voxels=max_voxels, dtype=np.int32)
-            pred_labels = to_internal(pred.data, pred_convention, source=pair.pred)
+    except ValueError as exc:  # nothing to score against: left out of the means, listed
+        return CaseResult(pair.case_id, missing, error=f"reference unusable: {exc}")
+    worst = worst_case_metrics(lesionwise)
+    if pair.pred is None:
+        return CaseResult(pair.case_id, True, metrics=worst, spacing=ref.spacing,
+                          error=f"no prediction for reference {pair.ref}", worst_case=True)
+    try:
+        problem = _grid_error(pair, max_voxels)
+        if problem:
+            raise ValueError(problem)
+        pred = load_volume(pair.pred, max_voxels=max_voxels, dtype=np.int32)
+        pred_labels = to_internal(pred.data, pred_convention, source=pair.pred)
         metrics = region_metrics(pred_labels, ref_labels, ref.spacing, lesionwise=lesionwise,
                                  challenge=challenge)
     except ValueError as exc:
-        return CaseResult(pair.case_id, missing, error=str(exc))
+        return CaseResult(pair.case_id, missing, metrics=worst, error=str(exc),
+                          spacing=ref.spacing, worst_case=True)
     return CaseResult(pair.case_id, missing, metrics=metrics, spacing=ref.spacing)
 
 
@@ -273,7 +334,8 @@ class EvaluationReport:
     def columns(self) -> tuple[str, ...]:
         """CSV columns: identification, :data:`METRICS`, volumes, lesion-wise, error."""
         lesion = LESION_METRICS if self.lesionwise else ()
-        return ("case", "region", "pred_missing", *METRICS, *VOLUME_COLUMNS, *lesion, "error")
+        return ("case", "region", "pred_missing", "worst_case", *METRICS, *VOLUME_COLUMNS,
+                *lesion, "error")
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -281,7 +343,14 @@ class EvaluationReport:
 
     @property
     def failed(self) -> dict[str, str]:
-        return {r.case_id: r.error for r in self.results if r.error is not None}
+        """Cases whose prediction or reference could not be used (not the missing ones)."""
+        return {r.case_id: r.error for r in self.results
+                if r.error is not None and not (r.pred_missing and r.worst_case)}  # fmt: skip
+
+    @property
+    def worst_case(self) -> dict[str, str]:
+        """Cases scored as the worst case (missing or failed prediction) and why."""
+        return {r.case_id: r.error or "" for r in self.results if r.worst_case}
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per case × region, in case then :data:`REGIONS` order."""
@@ -289,19 +358,19 @@ class EvaluationReport:
         for res in self.results:
             for region in REGIONS:
                 row: dict[str, Any] = {c: "" for c in self.columns}
-                row.update(case=res.case_id, region=region, pred_missing=int(res.pred_missing))
+                row.update(case=res.case_id, region=region, pred_missing=int(res.pred_missing),
+                           worst_case=int(res.worst_case), error=res.error or "")  # fmt: skip
                 if res.metrics is not None:
                     row.update({k: v for k, v in res.metrics[region].items() if k in row})
-                else:
-                    row["error"] = res.error
                 rows.append(row)
         return rows
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary: per region and metric ``{mean, sd, median, n}``, and case lists."""
+        """JSON-ready summary: per region and metric ``{mean, sd, median, n}`` over every case
+        with a usable reference (worst-case scores included), and the case lists."""
         from transmed.evaluation.statistics import summarise  # scipy.stats: slow to import
 
-        ok = [r for r in self.results if r.metrics is not None]
+        ok = [r for r in self.results if r.metrics is not None]  # worst cases included
         metrics = {
             region: {
                 name: summarise([r.metrics[region][name] for r in ok]).as_dict()  # type: ignore[index]
@@ -317,16 +386,24 @@ class EvaluationReport:
             "lesionwise": self.lesionwise,
             "challenge": self.challenge if self.lesionwise else None,
             "n_references": len(self.results),
-            "n_evaluated": len(ok),
+            "n_evaluated": sum(not r.worst_case for r in ok),
+            "n_worst_case": sum(r.worst_case for r in ok),
+            "n_excluded": len(self.results) - len(ok),
+            "n_in_means": len(ok),
             "metrics": metrics,
             "cases": [r.case_id for r in ok],
+            "worst_case": self.worst_case,
             "missing_predictions": self.pairs.missing_predictions,
             "unmatched_predictions": [str(p) for p in self.pairs.unmatched_predictions],
             "failed": self.failed,
             "conventions": {
                 "both_empty": "Dice 1, HD95 0 mm",
                 "one_empty": "Dice 0, HD95 373.13 mm (BraTS volume diagonal)",
-                "missing_prediction": "evaluated as an empty prediction",
+                "missing_or_failed_prediction": (
+                    "worst case in the means: Dice 0, HD95 373.13 mm, sensitivity 0, "
+                    "specificity 0, lesion-wise Dice 0 and HD95 374 mm"
+                ),
+                "unusable_reference": "left out of the means, listed under failed",
                 "hd95": "MONAI definition: max of the two directed 95th percentiles, mm",
             },
         }
@@ -375,7 +452,8 @@ def evaluate_folders(
         if unknown:
             raise ValueError(f"{ref_dir}: no reference for case(s) {unknown[:5]}")
         pairs = dataclasses.replace(pairs, pairs=[p for p in pairs.pairs if p.case_id in case_ids])
-    ref_conv = resolve_convention(labels, ref_dir, pairs.seg_suffixes)
+    ref_conv = resolve_convention(labels, ref_dir, pairs.seg_suffixes,
+                                  (p.ref for p in pairs.pairs))  # fmt: skip
     if pred_labels == "same":
         pred_conv = ref_conv
     elif pred_labels in LABEL_CHOICES:
@@ -384,11 +462,11 @@ def evaluate_folders(
         raise ValueError(
             f"--pred-labels {pred_labels!r}: expected 'same' or one of {list(LABEL_CHOICES)}"
         )
-    from tqdm import tqdm
+    from transmed.progress import progress_bar
 
     jobs = [(p, ref_conv, pred_conv, lesionwise, challenge, max_voxels) for p in pairs.pairs]
     results: list[CaseResult] = []
-    with tqdm(total=len(jobs), desc="evaluating", unit="case",
+    with progress_bar(total=len(jobs), desc="evaluating", unit="case",
               disable=None if progress else True) as bar:
         if workers == 1 or len(jobs) == 1:
             for job in jobs:

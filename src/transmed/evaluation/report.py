@@ -1,6 +1,9 @@
-"""One self-contained HTML page per training run or cross-validation (``transmed report``).
+"""One self-contained HTML page per training run or cross-validation (``transmed report``),
+or per study of several runs (``transmed report RUN1 RUN2 ...``, the demo's ``report.html``):
+the comparison first (runs, accuracy tables, paired tests, box plots, as ``transmed compare``
+computes them), then every run's own sections.
 
-The page holds, with every image embedded as a base64 PNG and the CSS inline (no external
+A run's page holds, with every image embedded as a base64 PNG and the CSS inline (no external
 file or URL, so it can be mailed or archived as is):
 
 1. the run: model, kind, parameters, median inference latency (``inference.json``);
@@ -248,6 +251,19 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
 
 
+def view_command(run: RunResults, case_id: str, data: str | Path | None = None) -> str:
+    """The ``transmed view`` command that opens ``case_id``'s prediction with its images."""
+    import shlex
+
+    pred_dir = run.folder / ("oof" if run.kind == "cv" else "predictions")
+    cmd = ["transmed", "view", str(pred_dir)]
+    try:
+        cmd += ["--images", str(dataset_folder(run.config, data))]
+    except ValueError:  # dataset unknown: the command still lists the predictions
+        pass
+    return shlex.join([*cmd, "--case", case_id])
+
+
 def _img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -271,16 +287,29 @@ def metrics_table_html(run: RunResults) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
+def _page(title: str, body: list[str]) -> str:
+    head = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style></head><body>"]
+    return "\n".join([*head, *body, "</body></html>"]) + "\n"
+
+
 def build_report(folder: str | Path, *, data: str | Path | None = None) -> str:
     """The HTML page of a run or CV folder (see the module doc).
 
     Raises:
         ValueError: the folder has no usable ``evaluation.csv``.
     """
+    run = load_run(folder)
+    title = f"TransMed report: {run.model} ({run.folder.name})"
+    return _page(title, run_sections(run, data))
+
+
+def run_sections(run: RunResults, data: str | Path | None = None, level: int = 1) -> list[str]:
+    """One run's HTML: heading (``<h{level}>``), meta table, curves, metrics, cases, config."""
     from transmed.evaluation.figures import training_curves
 
-    run = load_run(folder)
     esc = html.escape
+    h1, h2, h3 = (f"h{min(level + i, 6)}" for i in range(3))
     kind = "cross-validation" if run.kind == "cv" else "training run"
     params = f"{run.parameters:,}" if run.parameters is not None else "–"
     latency = f"{run.latency_s_median:.3f} s" if run.latency_s_median is not None else "–"
@@ -290,15 +319,11 @@ def build_report(folder: str | Path, *, data: str | Path | None = None) -> str:
             ("parameters", params), ("median inference latency per case", latency),
             ("inference device", str(run.inference.get("device", "–")))]
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>TransMed report: {esc(run.model)} ({esc(run.folder.name)})</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{esc(run.model)} — {esc(kind)}</h1>",
+        f"<{h1}>{esc(run.model)} — {esc(kind)}</{h1}>",
         '<table class="meta"><tbody>'
         + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in meta)
         + "</tbody></table>",
-        "<h2>Training curves</h2>",
+        f"<{h2}>Training curves</{h2}>",
     ]
     logs = training_logs(run.folder)
     if logs:
@@ -306,11 +331,11 @@ def build_report(folder: str | Path, *, data: str | Path | None = None) -> str:
     else:
         parts.append('<p class="note">No metrics.csv found: no training curves.</p>')
     parts += [
-        "<h2>Metrics</h2>",
+        f"<{h2}>Metrics</{h2}>",
         "<p>Per region over the evaluated cases: mean ± sd (sample) and median; "
         "<code>mean</code> is the per-case mean over WT, TC and ET. HD95 in mm.</p>",
         metrics_table_html(run),
-        "<h2>Best, median and worst cases</h2>",
+        f"<{h2}>Best, median and worst cases</{h2}>",
         "<p>Ranked by the per-case mean Dice over WT, TC and ET. Top row: reference, bottom "
         "row: prediction (red core, green oedema, yellow enhancing); white outline: reference "
         "whole tumour, cyan dashed: predicted whole tumour. Neurological view (patient's right "
@@ -321,15 +346,104 @@ def build_report(folder: str | Path, *, data: str | Path | None = None) -> str:
         parts.append(f'<p class="note">{esc(note)}</p>')
     for fig in figures:
         dice = ", ".join(f"{r} {fig.dice[r]:.3f}" for r in REGIONS)
-        parts.append(f"<h3>{esc(' / '.join(fig.tags))}: {esc(fig.case_id)}</h3>"
+        parts.append(f"<{h3}>{esc(' / '.join(fig.tags))}: {esc(fig.case_id)}</{h3}>"
                      f"<p>Dice {esc(dice)}</p>")
         if fig.png is not None:
             parts.append(_img(fig.png, f"overlay of {fig.case_id}"))
         elif fig.note:
             parts.append(f'<p class="note">No overlay: {esc(fig.note)}</p>')
+        parts.append(f"<p>Review and correct it: <code>{esc(view_command(run, fig.case_id, data))}"
+                     "</code></p>")  # fmt: skip
     config = json.dumps(run.config, indent=2, sort_keys=False) if run.config else "(no config.json)"
-    parts += ["<h2>Configuration</h2>", f"<pre>{esc(config)}</pre>", "</body></html>"]
-    return "\n".join(parts) + "\n"
+    parts += [f"<{h2}>Configuration</{h2}>", f"<pre>{esc(config)}</pre>"]
+    return parts
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's ``**bold**`` and ```code``` (all the comparison uses)."""
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+
+
+def markdown_to_html(markdown: str, level: int = 2) -> str:
+    """The Markdown that :func:`~transmed.evaluation.compare.comparison_markdown` writes
+    (headings, pipe tables, ``-`` lists, paragraphs) as HTML; ``#`` becomes ``<h{level}>``."""
+    out: list[str] = []
+    blocks = [b for b in markdown.strip().split("\n\n") if b.strip()]
+    for block in blocks:
+        lines = block.strip().splitlines()
+        if lines[0].startswith("#"):
+            depth = len(lines[0]) - len(lines[0].lstrip("#"))
+            tag = f"h{min(level + depth - 1, 6)}"
+            out.append(f"<{tag}>{_inline(lines[0].lstrip('#').strip())}</{tag}>")
+        elif lines[0].startswith("|"):
+            rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
+                           for r in rows[2:])  # rows[1] is the |---| separator
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif lines[0].startswith("- "):
+            items = "".join(f"<li>{_inline(line[2:])}</li>" for line in lines)
+            out.append(f"<ul>{items}</ul>")
+        else:
+            out.append(f"<p>{_inline(' '.join(lines))}</p>")
+    return "\n".join(out)
+
+
+def build_study_report(
+    folders: list[str | Path] | tuple[str | Path, ...], *, reference: str | None = None,
+    data: str | Path | None = None, n_resamples: int = 10000, seed: int = 0,
+) -> str:  # fmt: skip
+    """One page for several runs (the demo's study): the comparison (``transmed compare``'s
+    tables, paired tests and box plots) first, then every run's sections.
+
+    Raises:
+        ValueError: fewer than two folders, or one without a usable ``evaluation.csv``.
+    """
+    from transmed.evaluation.compare import (
+        METRIC_NAMES,
+        PLOTTED_METRICS,
+        box_plot_values,
+        check_metrics,
+        compare_runs,
+        comparison_markdown,
+        load_runs,
+        select_reference,
+    )
+    from transmed.evaluation.figures import box_plots
+
+    if len(folders) < 2:
+        raise ValueError("a study report needs at least two run folders (one: a run report)")
+    runs = load_runs(folders)
+    ref = select_reference(runs, reference)
+    result = compare_runs(runs, ref, check_metrics(runs, None), n_resamples=n_resamples,
+                          seed=seed)  # fmt: skip
+    models = ", ".join(r.label for r in runs)
+    body = [f"<h1>TransMed study: {html.escape(models)}</h1>",
+            '<section id="comparison">',
+            markdown_to_html(comparison_markdown(result), level=2)]  # fmt: skip
+    for m in PLOTTED_METRICS:
+        if m in result["metrics"]:
+            values = box_plot_values(runs, m)
+            png = box_plots(values, METRIC_NAMES[m], reference=result["reference"])
+            body.append(_img(png, f"{METRIC_NAMES[m]} per case and region, every run"))
+    body.append("</section>")
+    for i, run in enumerate(runs):
+        body += [f'<section id="run-{i}">', *run_sections(run, data, level=2), "</section>"]
+    return _page(f"TransMed study: {models}", body)
+
+
+def write_study_report(
+    folders: list[str | Path] | tuple[str | Path, ...], out: str | Path, **kwargs: Any
+) -> Path:
+    """Write :func:`build_study_report` to ``out`` atomically."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {path}: is a folder; give a file name such as report.html")
+    return atomic_write_bytes(path, build_study_report(folders, **kwargs).encode("utf-8"))
 
 
 def write_html_report(

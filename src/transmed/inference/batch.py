@@ -10,6 +10,9 @@ the others go on.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,10 +25,12 @@ import nibabel as nib
 import numpy as np
 
 from transmed.data.cases import Case
+from transmed.data.labels import MODALITIES
 from transmed.data.layouts import load_case
 from transmed.data.writing import prediction_path, write_prediction
 from transmed.inference.predictor import Prediction, Predictor
-from transmed.io.nifti import DEFAULT_MAX_VOXELS, save_volume
+from transmed.inference.provenance import write_provenance
+from transmed.io.nifti import DEFAULT_MAX_VOXELS, load_volume, save_volume
 from transmed.transforms.preprocess import PreprocessedCase
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,8 @@ class CaseResult:
     seconds: dict[str, float] = field(default_factory=dict)
     window: list[int] | None = None  # None: whole volume
     error: str | None = None
+    mode: str | None = None  # the inference mode used: "whole" or "sliding"
+    warnings: list[str] = field(default_factory=list)  # as in the case's provenance
 
 
 def save_probabilities(probs: np.ndarray, affine: np.ndarray, path: Path) -> Path:
@@ -66,32 +73,100 @@ class BatchWriter:
     layout: str
     output_file: Path | None = None  # single case: write exactly this file
     probabilities: bool = False
+    #: (case, prediction, output names) -> provenance document; None: no provenance file
+    provenance: Callable[[Case, Prediction, list[str]], dict[str, Any]] | None = None
+    all_grids: bool = False  # also <stem>_on_<modality> on each input series' grid
 
     def label_path(self, case: Case) -> Path:
         return self.output_file or prediction_path(self.out_dir, case.case_id)
 
     def write(self, case: Case, result: Prediction) -> list[str]:
+        """Write a case's files as one unit: all of them into a hidden staging folder beside
+        their destination, then each renamed into place. On any error (a full disk on the
+        second file) none of the case's files is left behind."""
         path = self.label_path(case)
         ending = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
         stem = path.name[: -len(ending)]
-        written = write_prediction(
-            result.labels, result.affine, path.parent, stem, self.layout,
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".staging", dir=path.parent))
+        placed: list[Path] = []
+        try:
+            staged = [write_prediction(
+                result.labels, result.affine, staging, stem, self.layout,
+                convention=case.convention, file_ending=ending,
+            )]  # fmt: skip
+            if self.probabilities and result.probabilities is not None:
+                prob_name = f"{stem}_probabilities{ending}"
+                staged.append(
+                    save_probabilities(result.probabilities, result.affine, staging / prob_name)
+                )
+            if self.all_grids:  # the label map on every input series' own grid too
+                staged += _on_series_grids(case, result, staging, stem, ending, self.layout)
+            if self.provenance is not None:  # <stem>.provenance.json beside the label map
+                document = self.provenance(case, result, [p.name for p in staged])
+                staged.append(write_provenance(document, staging / f"{stem}{ending}"))
+            for src in staged:
+                os.replace(src, path.parent / src.name)
+                placed.append(path.parent / src.name)
+        except BaseException:
+            for done in placed:  # a rename failed half-way: take back the ones that landed
+                done.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return [str(p) for p in placed]
+
+
+def _on_series_grids(
+    case: Case, result: Prediction, folder: Path, stem: str, ending: str, layout: str
+) -> list[Path]:
+    """``result.labels`` resampled (nearest neighbour) onto each input series' own grid, as
+    ``<stem>_on_<modality><ending>`` in the layout's label values; the reference's is a copy.
+
+    A series that was registered rigidly to the reference (its head moved) gets the labels
+    through that registration: they are sampled where the series' voxels lie after the
+    correction (``inv(M) @ affine``, as preprocessing placed them) and written with the
+    series' own header affine, so they overlay the series as the scanner stored it."""
+    from transmed.data.labels import N_CLASSES
+    from transmed.transforms import spatial
+
+    rigid: dict[str, object] = {}
+    if result.record is not None:
+        extra = result.record.extra or {}
+        rigid = dict(extra.get("rigid_world_transforms") or {})
+        for m, reg in (extra.get("registration") or {}).items():
+            if isinstance(reg, dict) and reg.get("method") == "rigid" and "world_transform" in reg:
+                rigid.setdefault(m, reg["world_transform"])
+    written = []
+    for modality, image_path in case.images.items():
+        header = nib.load(str(image_path))  # header only: the grid
+        own = np.asarray(header.affine, dtype=np.float64)
+        placed = own
+        if modality in rigid:
+            placed = np.linalg.inv(np.asarray(rigid[modality], dtype=np.float64)) @ own
+        grid = spatial.Grid(tuple(int(s) for s in header.shape[:3]), placed)
+        labels = spatial.resample_labels_to_grid(
+            result.labels, result.affine, grid, n_classes=N_CLASSES, method="nearest"
+        )
+        written.append(write_prediction(
+            labels, own, folder, f"{stem}_on_{modality}", layout,
             convention=case.convention, file_ending=ending,
-        )  # fmt: skip
-        outputs = [str(written)]
-        if self.probabilities and result.probabilities is not None:
-            prob_path = path.parent / f"{stem}_probabilities{ending}"
-            outputs.append(str(save_probabilities(result.probabilities, result.affine, prob_path)))
-        return outputs
+        ))  # fmt: skip
+    return written
 
 
 def _prepare(
     predictor: Predictor, case: Case, max_voxels: int
 ) -> tuple[PreprocessedCase, dict[str, float]]:
     t0 = time.perf_counter()
-    volumes = load_case(case, max_voxels=max_voxels)
+    complete = set(case.images) == set(MODALITIES)
+    lenient = predictor.preprocess.missing_modalities == "zero"
+    if complete or (case.missing and not lenient):
+        images = load_case(case, max_voxels=max_voxels).images  # names a missing file
+    else:  # a series missing: preprocessing decides whether the model takes it
+        images = {m: load_volume(p, max_voxels=max_voxels) for m, p in case.images.items()}
     t1 = time.perf_counter()
-    prepared = predictor.prepare(volumes.images, case.case_id)
+    prepared = predictor.prepare(images, case.case_id)
     return prepared, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}
 
 
@@ -167,6 +242,9 @@ def predict_batch(
             prediction.seconds.update(seconds)
             res.seconds = prediction.seconds  # the writer thread adds "write" to this dict
             res.window = list(prediction.window) if prediction.window else None
+            res.mode = prediction.mode
+            if prediction.record is not None:
+                res.warnings = list(prediction.record.extra.get("warnings", []))
             finish(pending)
             pending = (res, case, write_pool.submit(timed_write, case, prediction))
         finish(pending)

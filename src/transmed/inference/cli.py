@@ -30,9 +30,11 @@ def _precision(name: str, device: str) -> str:
 
 
 def predict_cmd(
-    model: Path = typer.Option(
-        ..., "--model", "-m", help="Checkpoint, run folder, or cross-validation folder (ensemble)."
-    ),
+    model: str = typer.Option(
+        None, "--model", "-m",
+        help="Checkpoint, run folder, cross-validation folder (ensemble), or a shipped model's "
+        "name (`transmed models --pretrained`); default: the shipped generalist model.",
+    ),  # fmt: skip
     input: Path = typer.Option(
         None,
         "--input",
@@ -58,11 +60,15 @@ def predict_cmd(
         False, "--probabilities", help="Also write WT/TC/ET probability maps."
     ),
     mode: str = typer.Option(
-        "auto", "--mode", help="auto (whole volume if it fits --memory-budget), whole, sliding."
-    ),
+        "auto", "--mode",
+        help="auto (the mode the checkpoint records: sliding window with the training patch "
+        "unless it says whole), sliding, whole. Never chosen from free memory.",
+    ),  # fmt: skip
     memory_budget: str = typer.Option(
-        "auto", "--memory-budget", help="Memory for whole-volume inference, e.g. 6G [half free]."
-    ),
+        "auto", "--memory-budget",
+        help="With --mode whole: refuse a case whose estimated memory exceeds this, e.g. 6G "
+        "[auto: no check].",
+    ),  # fmt: skip
     overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding overlap."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation."),
     min_component: float = typer.Option(
@@ -85,6 +91,23 @@ def predict_cmd(
     ),
     segments: str = typer.Option(
         "regions", "--segments", help="DICOM SEG segments: regions (WT/TC/ET) or labels."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Allow outputs to replace input files or reference labels."
+    ),
+    brain_extraction: str = typer.Option(
+        "checkpoint", "--brain-extraction",
+        help="auto (deepbet unless the input is skull-stripped), on, off [the model's own].",
+    ),  # fmt: skip
+    coregistration: str = typer.Option(
+        "checkpoint", "--coregistration",
+        help="auto (register a series when the evidence says so), header, rigid [the model's].",
+    ),  # fmt: skip
+    force: bool = typer.Option(
+        False, "--force", help="Predict despite an implausible brain mask (marked in provenance)."
+    ),
+    all_grids: bool = typer.Option(
+        False, "--all-grids", help="Also write the label map on every input series' own grid."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -109,6 +132,7 @@ def _predict(**opts: object) -> None:
     from transmed.inference.batch import BatchWriter, CaseResult, predict_batch, summary
     from transmed.inference.inputs import resolve_inputs
     from transmed.inference.memory import parse_budget
+    from transmed.inference.outputs import check_predict_output
     from transmed.inference.postprocess import PostprocessConfig
     from transmed.inference.predictor import Predictor
     from transmed.transforms.store import write_json
@@ -121,10 +145,17 @@ def _predict(**opts: object) -> None:
     inputs = resolve_inputs(
         opts["input"], files or None, layout=opts["layout"], case_id=opts["case_id"]
     )
+    check_predict_output(
+        inputs, opts["input"], Path(opts["output"]),  # type: ignore[arg-type]
+        probabilities=bool(opts["probabilities"]), overwrite=bool(opts["overwrite"]),
+    )  # fmt: skip  (before the model loads: a refused output costs no load time)
     if opts["threads"]:
         torch.set_num_threads(int(opts["threads"]))
     device = _device(str(opts["device"]))
     t0 = time.perf_counter()
+    from transmed.models.pretrained import resolve_model
+
+    opts["model"] = resolve_model(opts["model"])  # None -> the shipped model, hash checked
     predictor = Predictor.from_path(
         opts["model"], device=device, prefer=str(opts["checkpoint"]),
         mode=opts["mode"], memory_budget=parse_budget(str(opts["memory_budget"])),
@@ -133,6 +164,7 @@ def _predict(**opts: object) -> None:
         postprocess=PostprocessConfig(float(opts["min_component"]), float(opts["et_min"])),
     )  # fmt: skip
     load_s = time.perf_counter() - t0
+    _clinical_options(predictor, opts)
     output = Path(opts["output"])
     quiet = bool(opts["quiet"])
     say = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
@@ -148,6 +180,7 @@ def _predict(**opts: object) -> None:
     writer = BatchWriter(
         out_dir=output.parent if single_file else output, layout=inputs.layout,
         output_file=output if single_file else None, probabilities=bool(opts["probabilities"]),
+        provenance=_provenance_fn(predictor), all_grids=bool(opts["all_grids"]),
     )  # fmt: skip
 
     def report(res: CaseResult) -> None:
@@ -160,7 +193,9 @@ def _predict(**opts: object) -> None:
 
     results = predict_batch(predictor, inputs.cases, writer, on_result=report)
     info = summary(results, model=str(opts["model"]), device=device, load_s=load_s,
-                   precision=predictor.precision, mode=predictor.mode)  # fmt: skip
+                   precision=predictor.precision, mode=predictor.mode,
+                   input=str(Path(opts["input"]).resolve()) if opts["input"] else None,
+                   layout=inputs.layout)  # fmt: skip  (input, layout: for transmed view)
     if not single_file:
         write_json(info, writer.out_dir / "predict_summary.json")
     failed = info["failures"]
@@ -176,7 +211,7 @@ def _predict(**opts: object) -> None:
 
 def _predict_dicom(predictor, folder, output: Path, opts: dict, say) -> None:  # type: ignore[no-untyped-def]
     """Every MR study in a DICOM folder → one DICOM SEG each (failures reported per study)."""
-    from transmed.inference.dicom import case_key, predict_dicom_study
+    from transmed.inference.dicom import case_key, predict_dicom_study, required_modalities
     from transmed.io.dicom import DicomError, ModalityRules, load_study, scan_folder
     from transmed.transforms.store import write_json
 
@@ -190,7 +225,8 @@ def _predict_dicom(predictor, folder, output: Path, opts: dict, say) -> None:  #
     for uid in studies:
         key = case_key(uid)  # study keys, never patient identifiers, on screen and in logs
         try:
-            study = load_study(folder, study_uid=uid, rules=rules)
+            study = load_study(folder, study_uid=uid, rules=rules,
+                               modalities=required_modalities(predictor))  # fmt: skip
             res = predict_dicom_study(
                 predictor, study, output, segments=str(opts["segments"]),
                 write_nifti=bool(opts["nifti"]),
@@ -200,13 +236,50 @@ def _predict_dicom(predictor, folder, output: Path, opts: dict, say) -> None:  #
             say(f"{key}: FAILED: {exc}")
             continue
         results.append({"study": key, "seg": str(res.seg_path), "seconds": res.timings,
-                        "nifti": str(res.nifti_path) if res.nifti_path else None})  # fmt: skip
+                        "nifti": str(res.nifti_path) if res.nifti_path else None,
+                        "provenance": str(res.provenance_path), "registered": res.registered,
+                        "mode": res.mode,
+                        "warnings": res.warnings})  # fmt: skip
         say(f"{key}: {sum(res.timings.values()):.2f} s -> {res.seg_path}")
+        for m in res.other_frame_of_reference:
+            say(f"{key}: {m} has another FrameOfReferenceUID than the reference series: "
+                "registered rigidly (see the provenance)")  # fmt: skip
+        for warning in res.warnings:
+            say(f"{key}: warning: {warning}")
         typer.echo(str(res.seg_path))
     write_json({"studies": len(studies), "succeeded": len(results), "failed": len(failures),
-                "failures": failures, "results": results},
+                "failures": failures, "results": results, "input": str(Path(folder).resolve())},
                output / "predict_summary.json")  # fmt: skip
     if failures:
         typer.secho(f"{len(failures)} of {len(studies)} stud(ies) failed", err=True,
                     fg=typer.colors.RED)  # fmt: skip
         raise typer.Exit(1)
+
+
+def _clinical_options(predictor, opts: dict) -> None:  # type: ignore[no-untyped-def]
+    """``--brain-extraction``, ``--coregistration`` (``checkpoint``: keep the model's own) and
+    ``--force`` onto the predictor's preprocessing."""
+    import dataclasses
+
+    from transmed.transforms.preprocess import BRAIN_EXTRACTION_CHOICES, COREGISTRATION_CHOICES
+
+    change = {}
+    for key, flag, choices in (("brain_extraction", "--brain-extraction", BRAIN_EXTRACTION_CHOICES),
+                               ("coregistration", "--coregistration", COREGISTRATION_CHOICES)):
+        value = str(opts.get(key) or "checkpoint")
+        if value not in (*choices, "checkpoint"):
+            raise ValueError(f"{flag} {value!r}: expected one of {(*choices, 'checkpoint')}")
+        if value != "checkpoint":
+            change[key] = value
+    predictor.preprocess = dataclasses.replace(predictor.preprocess, **change)
+    predictor.force = bool(opts.get("force"))
+
+
+def _provenance_fn(predictor):  # type: ignore[no-untyped-def]
+    """The BatchWriter's provenance callback (see :mod:`transmed.inference.provenance`)."""
+
+    def document(case, result, names):  # type: ignore[no-untyped-def]
+        series = {m: str(p) for m, p in case.images.items()}
+        return predictor.provenance(result, names, case_id=case.case_id, series=series)
+
+    return document

@@ -1,8 +1,10 @@
 """The one forward path from a preprocessed image to region probabilities.
 
 Validation during training, ``transmed predict``, cross-validation and the DICOM service all
-call :func:`predict_probabilities`. Whole-volume inference when the volume fits the model (and
-the memory budget the caller chose); otherwise MONAI's Gaussian-weighted sliding window.
+call :func:`predict_probabilities`, with the window :func:`window_for_mode` gives for the
+model's recorded inference mode (``sliding``: MONAI's Gaussian-weighted sliding window with the
+training patch, the default; ``whole``: one forward over the whole volume). The mode is a
+property of the model, never of the machine's free memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ from monai.inferers import sliding_window_inference
 
 from transmed.models import autocast
 from transmed.models.base import SegmentationModel
+from transmed.models.checkpoint import INFERENCE_MODES
+
+
+def window_for_mode(mode: str, roi_size: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    """The ``roi_size`` argument of :func:`predict_probabilities` for an inference mode:
+    the training patch for ``"sliding"``, ``None`` (whole volume) for ``"whole"``."""
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"inference mode {mode!r}: expected one of {INFERENCE_MODES}")
+    return tuple(roi_size) if mode == "sliding" else None  # type: ignore[return-value]
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

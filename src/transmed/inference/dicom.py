@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from transmed.data.labels import MODALITIES, N_CLASSES
+from transmed.inference.provenance import seg_summary, write_provenance
 from transmed.io.dicom import (
     DicomError,
     DicomSeries,
@@ -26,11 +27,13 @@ from transmed.io.dicom import (
     load_study,
     study_log_key,
 )
-from transmed.io.dicom_seg import build_seg, write_seg
+from transmed.io.dicom.seg import build_seg, write_seg
 from transmed.io.nifti import DEFAULT_MAX_VOXELS, save_volume
 from transmed.transforms import spatial
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from transmed.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,11 @@ class DicomPrediction:
     series_uids: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     nifti_path: Path | None = None
+    provenance_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)  # series registered rigidly
+    other_frame_of_reference: list[str] = field(default_factory=list)
+    mode: str | None = None  # the inference mode used: "whole" or "sliding"
 
 
 def case_key(study_uid: str) -> str:
@@ -127,20 +135,40 @@ def predict_dicom_study(
     """
     t0 = time.perf_counter()
     if not isinstance(study, DicomStudy):
-        study = load_study(study, rules=rules, max_voxels=max_voxels)
+        study = load_study(study, rules=rules, max_voxels=max_voxels,
+                           modalities=required_modalities(predictor))  # fmt: skip
     ref = _reference_modality(predictor, study)
     series = study.series[ref]
     volumes = study.volumes()
+    # The frame of reference travels with each series: preprocessing registers a series whose
+    # FrameOfReferenceUID differs from the reference's without asking the images first.
+    info = {m: {"frame_of_reference_uid": s.frame_of_reference_uid,
+                "series_instance_uid": s.series_uid} for m, s in study.series.items()}  # fmt: skip
     t1 = time.perf_counter()
-    labels, affine = predictor.predict_volumes(volumes, case_id=case_key(study.study_uid))
-    labels = labels_on_series_grid(labels, affine, series)
+    key = case_key(study.study_uid)
+    result = predictor.predict_case(volumes, case_id=key, series_info=info)
+    labels = labels_on_series_grid(result.labels, result.affine, series)
+    decision = (result.record.extra.get("coregistration") or {}) if result.record else {}
+    for m in decision.get("other_frame_of_reference", []):
+        log.warning("%s: the %s series has another FrameOfReferenceUID than %s: registered "
+                    "rigidly", key, m, ref)  # fmt: skip
     t2 = time.perf_counter()
     seg = build_seg(labels, series, segments=segments)
     uid = str(seg.SOPInstanceUID)
     if not is_valid_uid(uid):  # generated here, but it becomes a file name: never trust blindly
         raise DicomError(f"SEG SOPInstanceUID {uid!r} is not a valid UID")
     out_dir = Path(out_dir)
-    seg_path = write_seg(seg, out_dir / f"{uid}.dcm")
+    series_ids = {m: {"series_instance_uid": s.series_uid, "series": s.label}
+                  for m, s in study.series.items()}  # fmt: skip
+    outputs = [f"{uid}.dcm"] + ([f"{uid}.nii.gz"] if write_nifti else [])
+    document = predictor.provenance(result, outputs, case_id=key, series=series_ids)
+    _provenance_into_seg(seg, document)
+    prov_path = write_provenance(document, out_dir / f"{uid}.dcm")
+    try:
+        seg_path = write_seg(seg, out_dir / f"{uid}.dcm")
+    except BaseException:
+        prov_path.unlink(missing_ok=True)  # nothing half: no provenance without its SEG
+        raise
     nifti_path = None
     if write_nifti:
         nifti_path = save_volume(labels, series.affine, out_dir / f"{uid}.nii.gz")
@@ -148,10 +176,38 @@ def predict_dicom_study(
     timings = {"load_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2}
     log.info(
         "%s: SEG with %d frame(s) written (load %.2f s, predict %.2f s, write %.2f s)",
-        case_key(study.study_uid), int(seg.NumberOfFrames), *timings.values(),
+        key, int(seg.NumberOfFrames), *timings.values(),
     )  # fmt: skip
     return DicomPrediction(
         seg_path=seg_path, seg_sop_instance_uid=uid, study_uid=study.study_uid,
         reference_series_uid=series.series_uid, reference_modality=ref,
         series_uids=study.series_uids, timings=timings, nifti_path=nifti_path,
+        provenance_path=prov_path, warnings=list(document["warnings"]),
+        registered=list(decision.get("registered", [])),
+        other_frame_of_reference=list(decision.get("other_frame_of_reference", [])),
+        mode=result.mode,
     )  # fmt: skip
+
+
+def required_modalities(predictor: Predictor) -> tuple[str, ...]:
+    """The series a study must have for this predictor: all four, or only the reference
+    (T1ce) when the model accepts missing series (``missing_modalities="zero"``)."""
+    prep = predictor.preprocess
+    if getattr(prep, "missing_modalities", "error") == "zero":
+        ref = prep.reference if prep.reference in MODALITIES else DEFAULT_SEG_REFERENCE
+        return (ref,)
+    return tuple(MODALITIES)
+
+
+def _provenance_into_seg(seg: Dataset, document: dict) -> None:  # type: ignore[type-arg]
+    """The provenance's key facts in the SEG: AlgorithmParameters (0066,0032) of each
+    segment's algorithm identification, and the model hash in AlgorithmVersion."""
+    params = seg_summary(document)
+    models = document.get("model") or [{}]
+    sha = str(models[0].get("sha256") or "")[:16]
+    for item in seg.SegmentSequence:
+        for algo in item.get("SegmentationAlgorithmIdentificationSequence", []):
+            algo.AlgorithmParameters = params
+            if sha:
+                version = f"{algo.get('AlgorithmVersion', '')} sha256:{sha}".strip()
+                algo.AlgorithmVersion = version[:64]

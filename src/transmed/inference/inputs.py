@@ -89,14 +89,19 @@ def resolve_inputs(
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; expected {list(MODALITIES)}")
         missing = [m for m in MODALITIES if m not in files]
-        if missing:
-            raise ValueError(f"missing modality file(s): {', '.join('--' + m for m in missing)}")
+        if "t1ce" in missing:  # other series may be missing if the model accepts it (checked
+            # when the case is preprocessed, with the model's own rule)
+            raise ValueError(
+                f"missing modality file(s): {', '.join('--' + m for m in missing)} "
+                "(--t1ce is always required)"
+            )
         for modality, path in files.items():
             if not path.is_file():
                 raise ValueError(f"{path}: {modality} file does not exist")
         out_layout = "brats2021" if layout == "auto" else layout
         cid = case_id or case_id_from_files(files)
-        case = Case(case_id=cid, layout=out_layout, images={m: files[m] for m in MODALITIES})
+        case = Case(case_id=cid, layout=out_layout,
+                    images={m: files[m] for m in MODALITIES if m in files})  # fmt: skip
         return PredictInput("nifti", out_layout, [case])
     if input_path is None:
         raise ValueError("nothing to predict: give --input PATH or --t1/--t1ce/--t2/--flair")

@@ -1,15 +1,17 @@
-"""Whole volume or sliding window? A memory estimate per model, checked against a budget.
+"""How much memory a whole-volume forward needs: a measured estimate per model.
 
-Whole-volume inference is the fastest (no overlap is computed twice, no window seams), so it
-is chosen whenever its working memory fits the budget; otherwise the Gaussian sliding window
-with the training patch runs in a fraction of the memory.
+The inference mode is a recorded property of the model (:mod:`transmed.models.checkpoint`),
+never chosen from free memory. This estimate serves ``--mode whole --memory-budget``, which
+refuses a case that would not fit rather than switching to the sliding window behind the
+user's back, and the benchmarks.
 
 The estimate is measured, not guessed: one forward of the model on a small calibration volume
 (``CALIBRATION_SHAPE``), its peak working memory (RSS high-water mark on CPU, the caching
-allocator's peak on CUDA; see :mod:`transmed.bench.memory`) divided by the voxel count, times
-the case's (padded) voxel count, times a safety factor. Activation memory of these networks
-grows linearly with the voxels (axial attention too: O(N·L) with L the longest axis at 1/8 or
-1/16 resolution); the factor covers the attention's extra length and allocator slack.
+allocator's peak on CUDA; see :mod:`transmed.inference.memory_probe`) divided by the voxel
+count, times the case's (padded) voxel count, times a safety factor. Activation memory of
+these networks grows linearly with the voxels (axial attention too: O(N·L) with L the longest
+axis at 1/8 or 1/16 resolution); the factor covers the attention's extra length and allocator
+slack.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from transmed.bench.memory import MemoryProbe, meminfo_bytes
+from transmed.inference.memory_probe import MemoryProbe, meminfo_bytes
 
 CALIBRATION_SHAPE = (64, 64, 64)
 SAFETY_FACTOR = 1.5

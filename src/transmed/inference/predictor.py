@@ -8,21 +8,34 @@ is prepared exactly as the training data were.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from transmed.data.labels import MODALITIES, regions_to_labels
-from transmed.inference.core import predict_probabilities
-from transmed.inference.memory import default_budget, measure_bytes_per_voxel, whole_volume_bytes
+from transmed.inference.checkpoint_config import (
+    patch_from_checkpoint,
+    preprocess_from_checkpoint,
+)
+from transmed.inference.core import predict_probabilities, window_for_mode
+from transmed.inference.ensemble import check_fold_agreement
+from transmed.inference.memory import measure_bytes_per_voxel, whole_volume_bytes
 from transmed.inference.postprocess import PostprocessConfig, postprocess_labels
+from transmed.inference.provenance import build_provenance, file_sha256
 from transmed.io.nifti import Volume
 from transmed.models.base import SegmentationModel
-from transmed.training.checkpoint import CheckpointError, load_model_and_checkpoint
+from transmed.models.checkpoint import (
+    DEFAULT_INFERENCE_MODE,
+    CheckpointError,
+    inference_mode,
+    load_model_and_checkpoint,
+)
 from transmed.transforms.preprocess import (
     PreprocessConfig,
     PreprocessedCase,
@@ -70,6 +83,7 @@ class Prediction:
         affine: ``(4, 4)`` voxel → RAS mm of that grid.
         probabilities: ``(3, X, Y, Z)`` float32 region probabilities (WT, TC, ET) when asked for.
         window: ``None`` for whole-volume inference, else the sliding-window size used.
+        mode: the inference mode used, ``"sliding"`` or ``"whole"`` (for the provenance).
         seconds: time per stage (``preprocess``, ``infer``, ``restore``).
     """
 
@@ -78,6 +92,8 @@ class Prediction:
     probabilities: np.ndarray | None = None
     window: tuple[int, int, int] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    mode: str = DEFAULT_INFERENCE_MODE
+    record: PreprocessRecord | None = None  # what preprocessing decided (for the provenance)
 
 
 @dataclass
@@ -88,10 +104,13 @@ class Predictor:
         models: one model, or the folds of a cross-validation (probabilities averaged).
         preprocess: the preprocessing the models were trained with.
         roi_size: sliding-window size (the training patch) when the sliding window is used.
-        mode: ``"auto"`` (whole volume when its estimated memory fits ``memory_budget``, else
-            sliding window), ``"whole"`` or ``"sliding"``.
-        memory_budget: bytes the whole-volume forward may use; ``None`` = half of what is
-            available (see :mod:`transmed.inference.memory`).
+        mode: ``"auto"`` (the mode the checkpoint records, ``model_mode``), ``"whole"`` or
+            ``"sliding"``. Never chosen from free memory: the same case and checkpoint give the
+            same labels on a busy and an idle machine (see :mod:`transmed.models.checkpoint`).
+        model_mode: the inference mode recorded in the checkpoint(s) (``from_path`` sets it).
+        memory_budget: with ``mode="whole"``, refuse (``ValueError``) a volume whose
+            estimated whole-volume memory exceeds this many bytes, rather than switch to the
+            sliding window silently; ``None`` = no check.
         overlap, precision, mirror: see :func:`transmed.inference.core.predict_probabilities`.
         postprocess: small-component clean-up on the original grid (``None`` = off).
     """
@@ -104,8 +123,12 @@ class Predictor:
     mirror: bool = False
     threshold: float = 0.5
     mode: str = "auto"
+    model_mode: str = DEFAULT_INFERENCE_MODE
     memory_budget: int | None = None
     postprocess: PostprocessConfig | None = None
+    force: bool = False  # an implausible brain mask: a warning in the provenance, not an error
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # name, path, sha256
+    data_profile: dict[str, Any] | None = None  # the training data's (ckpt["data_profile"])
     _bytes_per_voxel: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +136,8 @@ class Predictor:
             raise ValueError("Predictor needs at least one model")
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r}: expected one of {MODES}")
+        if self.model_mode not in MODES[1:]:
+            raise ValueError(f"model_mode {self.model_mode!r}: expected one of {MODES[1:]}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.roi_size is not None:
@@ -132,6 +157,8 @@ class Predictor:
                 modalities (the message names the checkpoint file).
         """
         models, patch, prep = [], None, None
+        loaded: list[tuple[Path, SegmentationModel, dict]] = []  # for the fold agreement check
+        modes: dict[Path, str] = {}
         for ckpt_path in find_checkpoints(path, prefer):
             model, ckpt = load_model_and_checkpoint(ckpt_path, device)
             if model.in_channels != len(MODALITIES):
@@ -140,30 +167,57 @@ class Predictor:
                     f"prediction feeds the {len(MODALITIES)} modalities {', '.join(MODALITIES)}"
                 )
             models.append(model)
-            patch = tuple(ckpt.get("train_config", {}).get("patch_size") or ()) or None
-            prep = ckpt.get("preprocess_config") or prep
-        config = PreprocessConfig(**prep) if prep else PreprocessConfig()
+            loaded.append((ckpt_path, model, ckpt))
+            check_fold_agreement(loaded)  # preprocessing, patch, output channels; names the fold
+            modes[ckpt_path] = inference_mode(ckpt, ckpt_path)
+            patch = patch_from_checkpoint(ckpt, ckpt_path)
+            own = preprocess_from_checkpoint(ckpt, ckpt_path)  # validated, names the file
+            if ckpt.get("preprocess_config"):  # none or empty: the default preprocessing
+                prep = own
+        config = prep if prep is not None else PreprocessConfig()
         if kwargs.get("roi_size") is None:
             kwargs["roi_size"] = patch
+        if len(set(modes.values())) > 1:  # the folds of an ensemble must run alike
+            raise CheckpointError(
+                "the folds record different inference modes: "
+                + ", ".join(f"{p}: {m}" for p, m in modes.items())
+            )
+        kwargs.setdefault("model_mode", next(iter(modes.values())))
+        kwargs.setdefault("checkpoints", [
+            {"name": (c.get("model_config") or {}).get("name"), "path": str(p),
+             "sha256": file_sha256(p)} for p, _, c in loaded
+        ])  # fmt: skip
+        profiles = [c.get("data_profile") or c.get("training_data") for _, _, c in loaded]
+        kwargs.setdefault("data_profile", next((p for p in profiles if isinstance(p, dict)), None))
         return cls(models, config, **kwargs)  # type: ignore[arg-type]
 
     @property
     def device(self) -> torch.device:
         return next(self.models[0].parameters()).device
 
+    @property
+    def resolved_mode(self) -> str:
+        """The inference mode this predictor runs: ``"sliding"`` or ``"whole"``."""
+        return self.model_mode if self.mode == "auto" else self.mode
+
     def window_for(self, shape: Sequence[int]) -> tuple[int, int, int] | None:
         """The sliding-window size for a preprocessed image of spatial ``shape``, or ``None``
-        for whole-volume inference (see ``mode`` and ``memory_budget``)."""
-        roi = self.roi_size or DEFAULT_ROI
-        if self.mode == "sliding":
-            return roi
-        if self.mode == "whole" or all(s <= r for s, r in zip(shape, roi, strict=True)):
-            return None
-        need = self.whole_volume_bytes(shape)
-        budget = (
-            self.memory_budget if self.memory_budget is not None else default_budget(self.device)
-        )
-        return None if need <= budget else roi
+        for whole-volume inference: fixed by :attr:`resolved_mode`, whatever memory is free.
+
+        Raises:
+            ValueError: ``mode="whole"`` with a ``memory_budget`` the volume does not fit.
+        """
+        window = window_for_mode(self.resolved_mode, self.roi_size or DEFAULT_ROI)
+        if window is None and self.memory_budget is not None:
+            need = self.whole_volume_bytes(shape)
+            if need > self.memory_budget:
+                raise ValueError(
+                    f"whole-volume inference on {tuple(shape)} voxels needs about "
+                    f"{need / 2**30:.1f} GiB, over the memory budget of "
+                    f"{self.memory_budget / 2**30:.1f} GiB; use the sliding window (--mode "
+                    "sliding) or a larger --memory-budget"
+                )
+        return window
 
     def whole_volume_bytes(self, shape: Sequence[int]) -> int:
         """Estimated peak working memory of a whole-volume forward on ``shape`` (bytes),
@@ -221,10 +275,34 @@ class Predictor:
         return labels
 
     def prepare(
-        self, images: Mapping[str, Volume] | Sequence[Volume], case_id: str | None = None
-    ) -> PreprocessedCase:
-        """Raw per-modality volumes → the network-ready case (the checkpoint's preprocessing)."""
-        return preprocess_case(images, None, self.preprocess, case_id=case_id)
+        self, images: Mapping[str, Volume] | Sequence[Volume], case_id: str | None = None,
+        series_info: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> PreprocessedCase:  # fmt: skip
+        """Raw per-modality volumes → the network-ready case (the checkpoint's preprocessing;
+        ``series_info``: per modality, e.g. the DICOM ``frame_of_reference_uid``)."""
+        return preprocess_case(
+            images, None, self.preprocess, case_id=case_id, series_info=series_info,
+            force=self.force, device=str(self.device),
+        )  # fmt: skip
+
+    def provenance(
+        self, result: Prediction, outputs: Sequence[str | Path], *, case_id: str | None = None,
+        series: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The provenance document of ``result`` (see :mod:`transmed.inference.provenance`)."""
+        record = result.record
+        return build_provenance(
+            case_id=case_id if case_id is not None else (record.case_id if record else None),
+            outputs=outputs, models=self.checkpoints or [
+                {"name": getattr(m, "config", {}).get("name"), "path": None, "sha256": None}
+                for m in self.models],
+            preprocess=dataclasses.asdict(self.preprocess),
+            record_extra=record.extra if record is not None else {},
+            inference={"mode": result.mode, "window": list(result.window) if result.window
+                       else None, "precision": self.precision, "tta": self.mirror,
+                       "device": str(self.device), "ensemble": len(self.models)},
+            seconds=result.seconds, training_profile=self.data_profile, series=series,
+        )  # fmt: skip
 
     def predict_prepared(
         self, prepared: PreprocessedCase, *, keep_probabilities: bool = False
@@ -236,16 +314,19 @@ class Predictor:
         t1 = time.perf_counter()
         result = self.restore(probs, prepared.record, keep_probabilities=keep_probabilities)
         result.window = window
+        result.mode = "whole" if window is None else "sliding"
+        result.record = prepared.record
         result.seconds.update(infer=t1 - t0, restore=time.perf_counter() - t1)
         return result
 
     def predict_case(
         self, images: Mapping[str, Volume] | Sequence[Volume], case_id: str | None = None, *,
         keep_probabilities: bool = False,
+        series_info: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Prediction:  # fmt: skip
         """Raw per-modality volumes → :class:`Prediction` on the reference grid."""
         t0 = time.perf_counter()
-        prepared = self.prepare(images, case_id)
+        prepared = self.prepare(images, case_id, series_info)
         prep_s = time.perf_counter() - t0
         result = self.predict_prepared(prepared, keep_probabilities=keep_probabilities)
         result.seconds = {"preprocess": prep_s, **result.seconds}

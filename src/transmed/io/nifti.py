@@ -6,16 +6,25 @@ voxel-count cap, spacing, affine) runs on the header alone; only then is the arr
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from transmed.io.atomic import atomic_path
 
+log = logging.getLogger(__name__)
+
 #: Refuse volumes larger than this many voxels per 3D volume (≈ 512³). Configurable per call.
 DEFAULT_MAX_VOXELS = 512**3
+#: Refuse any single dimension above this, whatever the voxel count (NIfTI-2 allows 2**63).
+MAX_DIM = 8192
+#: qform and sform further apart than this (mm, at any corner of the volume) get a warning.
+QFORM_SFORM_TOLERANCE_MM = 1.0
 
 
 class NiftiHeaderError(ValueError):
@@ -57,8 +66,11 @@ def check_nifti_header(
 ) -> nib.Nifti1Image:
     """Validate a NIfTI header without reading voxel data; return the lazy image.
 
-    Checks: 3 dimensions (or 4 when ``allow_4d``), every dimension ≥ 1, voxel count per 3D
-    volume ≤ ``max_voxels``, finite positive spacing, a finite non-singular affine.
+    Checks: 3 dimensions (or 4 when ``allow_4d``), every dimension in 1..``MAX_DIM``, voxel
+    count per 3D volume ≤ ``max_voxels`` (Python integers: no wrap-around), finite positive
+    spacing, a finite non-singular affine, and, on the raw header before nibabel repairs it, no
+    zero pixdim in a geometry without an sform. Warns (logging) on a zero pixdim beside an sform,
+    on qform and sform more than ``QFORM_SFORM_TOLERANCE_MM`` apart, and on a single slice.
 
     Raises:
         NiftiHeaderError: naming the file and the problem.
@@ -66,6 +78,12 @@ def check_nifti_header(
     path = Path(path)
     img = _proxy(path)
     shape = tuple(int(s) for s in img.shape)
+    too_long = [s for s in shape if s > MAX_DIM]
+    if too_long:
+        raise NiftiHeaderError(
+            f"{path}: dimension {too_long[0]:,} in shape {shape} is above the limit of "
+            f"{MAX_DIM:,} voxels per axis"
+        )
     # Trailing singleton dims (X, Y, Z, 1) are common in converted data; treat them as 3D.
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -75,7 +93,7 @@ def check_nifti_header(
         raise NiftiHeaderError(f"{path}: expected a {want} image, got shape {shape}")
     if min(shape) < 1:
         raise NiftiHeaderError(f"{path}: empty dimension in shape {shape}")
-    n_vox = int(np.prod(shape[:3], dtype=np.int64))
+    n_vox = math.prod(shape[:3])  # Python ints: an int64 product of NIfTI-2 dims can wrap to 0
     if n_vox > max_voxels:
         raise NiftiHeaderError(
             f"{path}: {shape[:3]} = {n_vox:,} voxels exceeds the cap of {max_voxels:,} "
@@ -89,7 +107,62 @@ def check_nifti_header(
         raise NiftiHeaderError(f"{path}: affine has non-finite entries")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise NiftiHeaderError(f"{path}: singular affine (zero volume per voxel)")
+    _check_geometry_codes(path, img, shape)
     return img
+
+
+def _raw_header(path: Path, img: nib.Nifti1Image) -> nib.Nifti1Header:
+    """The header as stored, before nibabel's load-time repairs (it sets a zero pixdim to 1)."""
+    try:
+        with ImageOpener(str(path)) as fh:
+            return type(img.header).from_fileobj(fh, check=False)
+    except Exception as exc:
+        raise NiftiHeaderError(f"{path}: header unreadable ({exc})") from None
+
+
+def _check_geometry_codes(path: Path, img: nib.Nifti1Image, shape: tuple[int, ...]) -> None:
+    """Refuse a qform-only geometry built on a zero pixdim; warn on other doubtful geometry.
+
+    nibabel repairs pixdim[1..3] = 0 to 1 mm on load, so the affine it reports for a file
+    without an sform is a guess. With an sform (nibabel's choice when its code is set) pixdim
+    does not enter the affine, and a zero is only worth a warning.
+    """
+    raw = _raw_header(path, img)
+    pixdim = np.asarray(raw["pixdim"], dtype=np.float64)[1:4]
+    sform_code, qform_code = int(raw["sform_code"]), int(raw["qform_code"])
+    for axis, value in enumerate(pixdim, start=1):
+        if np.isfinite(value) and value <= 0:
+            what = f"{path}: pixdim[{axis}] is {value:g}"
+            if sform_code == 0 and value == 0:
+                how = "qform" if qform_code else "no qform/sform"
+                raise NiftiHeaderError(
+                    f"{what} ({how} geometry): the voxel size is unknown (nibabel would assume "
+                    "1 mm); fix the header"
+                )
+            why = "the sform gives the geometry" if sform_code else "nibabel uses |pixdim|"
+            log.warning("%s (%s)", what, why)
+    if sform_code > 0 and qform_code > 0:
+        try:
+            q, s = img.header.get_qform(), img.header.get_sform()
+        except Exception:  # a qform nibabel cannot build: the sform is used anyway
+            q = s = np.eye(4)
+        corners = np.array(
+            [
+                [i, j, k, 1.0]
+                for i in (0, shape[0] - 1)
+                for j in (0, shape[1] - 1)
+                for k in (0, shape[2] - 1)
+            ]
+        ).T  # (4, 8) voxel corners
+        gap = float(np.max(np.linalg.norm((q - s)[:3] @ corners, axis=0)))
+        if gap > QFORM_SFORM_TOLERANCE_MM:
+            log.warning(
+                "%s: qform and sform disagree by up to %.1f mm; using the sform (as nibabel and "
+                "ITK do); check the geometry", path, gap,
+            )  # fmt: skip
+    if len(shape) >= 3 and min(shape[:3]) == 1:
+        log.warning("%s: single slice volume %s; 3D context and resampling are doubtful",
+                    path, shape[:3])  # fmt: skip
 
 
 def load_volume(

@@ -167,7 +167,7 @@ class StudyAssembler:
         self.jobs.update(record, **changes)
         if sealed.refused:
             log.error("study %s: job %s failed: %s", record.study_key, job_id, record.reason)
-            self.jobs.clean(record)
+            self.jobs.quarantine(record)
             self.store.budget.release(sealed.bytes)
         else:
             log.info(

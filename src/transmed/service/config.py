@@ -88,6 +88,17 @@ class LimitsConfig(_Strict):
     max_voxels: int = Field(512 * 512 * 1024, ge=1)  # one instance, and one series
     max_storage_bytes: int = Field(50 * 2**30, ge=1024)  # incoming + waiting studies on disk
     max_sequence_depth: int = Field(8, ge=1)  # nested sequences in one data set
+    # received, not yet handled bytes across all associations (memory held for peers)
+    max_receiving_bytes: int = Field(1024 * 2**20, ge=1024)
+
+    @model_validator(mode="after")
+    def _receiving(self) -> LimitsConfig:
+        if self.max_receiving_bytes < self.max_instance_bytes:
+            raise ValueError(
+                f"max_receiving_bytes ({self.max_receiving_bytes}) must be ≥ "
+                f"max_instance_bytes ({self.max_instance_bytes})"
+            )
+        return self
 
 
 class DicomDestination(_Strict):
@@ -174,6 +185,11 @@ class ServiceConfig(_Strict):
     modality_rules: Path | None = None  # YAML of series → modality rules (None: the defaults)
     max_associations: int = Field(10, ge=1)
     network_timeout_s: float = Field(60.0, gt=0.0)  # idle association / DIMSE timeout
+    http_max_connections: int = Field(16, ge=1)  # open HTTP connections; more are closed
+    http_read_timeout_s: float = Field(5.0, gt=0.0)  # a silent HTTP client is dropped after
+    # failed studies' instances stay in storage_dir/quarantine this long (0: deleted at once)
+    failed_retention_s: float = Field(7 * 24 * 3600.0, ge=0.0)
+    max_quarantine_bytes: int = Field(10 * 2**30, ge=0)  # beyond: the oldest are deleted
 
     @field_validator("ae_title")
     @classmethod

@@ -5,6 +5,11 @@
 ``/metrics?format=prometheus`` (or ``Accept: text/plain``) gives the Prometheus text format.
 The endpoints serve counts only, never study or patient data; with a token configured,
 ``/metrics`` needs ``Authorization: Bearer <token>`` (``/health`` stays open for probes).
+
+A client that sends nothing is dropped after ``read_timeout_s``, and at most
+``max_connections`` are served at once (one thread each); more are closed at once, so idle
+connections cannot pile up descriptors and threads. A client that disconnects mid-answer is one
+debug line, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,6 +37,8 @@ class StatusServer:
         metrics: returns the JSON-able metrics snapshot.
         prometheus: returns the Prometheus text.
         token: when set, ``/metrics`` requires it as a bearer token.
+        max_connections: connections served at once; more are closed at once.
+        read_timeout_s: a connection silent this long is closed.
     """
 
     def __init__(
@@ -40,10 +49,12 @@ class StatusServer:
         metrics: Callable[[], dict[str, Any]],
         prometheus: Callable[[], str],
         token: str | None = None,
+        *,
+        max_connections: int = 16,
+        read_timeout_s: float = 5.0,
     ) -> None:
-        handler = _make_handler(health, metrics, prometheus, token)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        handler = _make_handler(health, metrics, prometheus, token, read_timeout_s)
+        self._server = _BoundedServer((host, port), handler, max_connections)
         self._thread: threading.Thread | None = None
 
     @property
@@ -66,17 +77,65 @@ class StatusServer:
             self._thread.join(5.0)
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with at most ``max_connections`` handler threads, quiet about
+    clients that go away."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+        self.refused = 0
+        self._last_warning = 0.0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._last_warning > 60.0:  # one line a minute, not one per connection
+                self._last_warning = now
+                log.warning(
+                    "http: %d connections open, the cap: closing new ones (%d so far)",
+                    self.max_connections,
+                    self.refused,
+                )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("http: client went away (%s)", type(exc).__name__)
+        else:
+            log.error("http: request failed: %s", type(exc).__name__)
+
+
 def _make_handler(
     health: Callable[[], tuple[bool, dict[str, Any]]],
     metrics: Callable[[], dict[str, Any]],
     prometheus: Callable[[], str],
     token: str | None,
+    read_timeout_s: float = 5.0,
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "transmed"
         sys_version = ""
+        timeout = read_timeout_s  # StreamRequestHandler: the socket's timeout
 
         def _send(self, code: int, body: str, content_type: str) -> None:
             data = body.encode("utf-8")
@@ -109,6 +168,8 @@ def _make_handler(
                         self._json(200, metrics())
                 else:
                     self._json(404, {"error": "not found", "endpoints": ["/health", "/metrics"]})
+            except (ConnectionError, TimeoutError):  # the client went away: nothing to answer
+                log.debug("http: client went away during %s", url.path[:64])
             except Exception as exc:  # never take the server down
                 log.error("http: %s failed: %s", url.path[:64], type(exc).__name__)
                 self._json(500, {"error": "internal error"})

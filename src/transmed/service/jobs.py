@@ -3,7 +3,10 @@
 ``state.json`` (written atomically) is the record a person or a monitor reads: the state
 (``received`` → ``processing`` → ``done`` | ``failed``), the reason of a failure, counts and
 times. The job id holds a hash of the Study Instance UID, never a patient identifier. The
-input is deleted once the study is processed (done or failed); the record stays.
+input of a processed study is deleted; the record stays. A failed study's input is never
+deleted unrecorded: it moves to ``storage/quarantine/<job id>/`` with a ``reason.txt`` (the
+record names the folder), kept ``retention_s`` and at most ``max_quarantine_bytes`` in all; each
+deletion from there is a log line.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import os
 import secrets
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transmed.io.atomic import atomic_write_text
 from transmed.service.keys import safe_join, study_log_key
+from transmed.service.storage import tree_size
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ class JobRecord:
     attempts: int = 0  # processing attempts (a restart mid-inference makes a second)
     seg_sop_instance_uid: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    quarantined: str | None = None  # folder (under storage_dir) holding a failed study's input
 
     @classmethod
     def from_json(cls, text: str) -> JobRecord:
@@ -60,11 +67,25 @@ def new_job_id(study_uid: str) -> str:
 
 
 class JobStore:
-    """Job folders and their state files (thread-safe)."""
+    """Job folders and their state files, and the quarantine of failed studies (thread-safe).
 
-    def __init__(self, storage_dir: Path) -> None:
+    Args:
+        storage_dir: the node's storage folder.
+        retention_s: how long a failed study's instances stay in quarantine (0: deleted at
+            once, with a log line).
+        max_quarantine_bytes: beyond this, the oldest quarantined studies are deleted.
+    """
+
+    def __init__(
+        self,
+        storage_dir: Path,
+        retention_s: float = 7 * 24 * 3600.0,
+        max_quarantine_bytes: int = 10 * 2**30,
+    ) -> None:
         self.root = Path(storage_dir) / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.quarantine_root = Path(storage_dir) / "quarantine"
+        self.retention_s, self.max_quarantine_bytes = retention_s, max_quarantine_bytes
         self._lock = threading.Lock()
 
     def folder(self, job_id: str) -> Path:
@@ -119,6 +140,8 @@ class JobStore:
                 shutil.rmtree(folder, ignore_errors=True)
             elif record.state in ("received", "processing"):
                 pending.append(record)
+            elif record.state == "failed" and has_input:  # stopped before its quarantine
+                self.quarantine(record)
             elif has_input or (folder / "output").is_dir():  # stopped before its clean-up
                 self.clean(record)
         return pending
@@ -127,3 +150,62 @@ class JobStore:
         """Delete the job's input and output (the patient's images); keep ``state.json``."""
         shutil.rmtree(self.input_dir(record.job_id), ignore_errors=True)
         shutil.rmtree(self.output_dir(record.job_id), ignore_errors=True)
+
+    def quarantine(self, record: JobRecord) -> JobRecord:
+        """Move a failed job's input to ``quarantine/<job id>/`` with its reason; drop its
+        output. With ``retention_s`` 0 the input is deleted, and the log says so."""
+        src = self.input_dir(record.job_id)
+        if self.retention_s <= 0 or not src.is_dir():
+            if src.is_dir():
+                log.warning(
+                    "study %s: job %s failed; its instances are deleted (failed_retention_s 0)",
+                    record.study_key,
+                    record.job_id,
+                )
+            self.clean(record)
+            return record
+        dest = safe_join(self.quarantine_root, record.job_id)
+        dest.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dest / "reason.txt", f"{record.reason or 'failed'}\n")
+        os.replace(src, dest / "input")
+        shutil.rmtree(self.output_dir(record.job_id), ignore_errors=True)
+        record = self.update(record, quarantined=f"quarantine/{record.job_id}")
+        log.warning(
+            "study %s: job %s failed; its instances are kept in %s for %.0f h",
+            record.study_key,
+            record.job_id,
+            record.quarantined,
+            self.retention_s / 3600,
+        )
+        return record
+
+    def quarantine_bytes(self) -> int:
+        if not self.quarantine_root.is_dir():
+            return 0
+        return tree_size(self.quarantine_root)[1]
+
+    def purge_quarantine(self, now: float | None = None) -> list[str]:
+        """Delete quarantined studies past ``retention_s``, then the oldest beyond
+        ``max_quarantine_bytes``; one log line each. Return the job ids deleted."""
+        if not self.quarantine_root.is_dir():
+            return []
+        now = time.time() if now is None else now
+        entries = []
+        for folder in sorted(self.quarantine_root.iterdir()):
+            if folder.is_dir() and not folder.is_symlink():
+                entries.append((folder.stat().st_mtime, folder, tree_size(folder)[1]))
+        entries.sort(key=lambda e: e[0])
+        total = sum(e[2] for e in entries)
+        purged = []
+        for mtime, folder, size in entries:
+            if now - mtime > self.retention_s:
+                why = f"kept {self.retention_s / 3600:.0f} h (failed_retention_s)"
+            elif total > self.max_quarantine_bytes:
+                why = f"quarantine beyond max_quarantine_bytes {self.max_quarantine_bytes}"
+            else:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
+            purged.append(folder.name)
+            log.info("quarantine: deleted the instances of failed job %s: %s", folder.name, why)
+        return purged

@@ -4,8 +4,10 @@
         ──> outbox/ ──(C-STORE or STOW-RS, retried with backoff)──> PACS
 
 Everything between two arrows is on disk under ``storage_dir``, so a restart resumes where the
-node stopped: studies being received get a fresh quiet period, unfinished jobs run again
-(unless their SEG already reached the outbox), undelivered SEGs are sent. Usable in-process
+node stopped: studies being received get a fresh quiet period that starts once the listener
+accepts again (instances the sender then resends join them), unfinished jobs run again
+(unless their SEG already reached the outbox), undelivered SEGs are sent. A failed study's
+instances go to ``quarantine/`` with the reason, kept ``failed_retention_s``. Usable in-process
 (tests, benchmarks: ports 0 pick free ports) and by ``transmed serve``.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from transmed.service.assembler import JobQueue, StudyAssembler
 from transmed.service.config import ServiceConfig
+from transmed.service.guards import raise_fd_limit
 from transmed.service.http import StatusServer
 from transmed.service.jobs import JobRecord, JobStore
 from transmed.service.metrics import Metrics
@@ -82,12 +85,14 @@ class DicomNode:
         """Recover what is on disk, load the model, open the ports, start the threads."""
         cfg = self.config
         install_log_guards()
+        soft, hard = raise_fd_limit()
+        log.info("open-file limit %d (hard %d)", soft, hard)
         root = cfg.storage_dir
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)  # patient images: the service account only
         self.budget = DiskBudget(cfg.limits.max_storage_bytes)
         self.store = IncomingStore(root, cfg.limits, self.budget)
-        self.jobs = JobStore(root)
+        self.jobs = JobStore(root, cfg.failed_retention_s, cfg.max_quarantine_bytes)
         self.outbox = Outbox(root)
         studies = self.store.recover()
         pending = self.jobs.recover()
@@ -98,7 +103,6 @@ class DicomNode:
         self.assembler = StudyAssembler(
             self.store, self.jobs, self.queue, cfg.quiet_period_s, on_complete=self._on_complete
         )
-        self.assembler.recover(studies, pending)
         if studies or pending or undelivered:
             log.info(
                 "recovered from disk: %d studies being received, %d jobs to process, "
@@ -126,6 +130,9 @@ class DicomNode:
         self._register_gauges()
         self.listener = DicomListener(cfg, self.store, self.assembler, self.metrics)
         self.listener.start()
+        # the quiet period of studies left in incoming/ starts now that the listener accepts
+        # (not before the model loaded): their senders may resend the rest
+        self.assembler.recover(studies, pending)
         try:
             self.worker.start()
             self.sender.start()
@@ -142,6 +149,8 @@ class DicomNode:
                     self.metrics.snapshot,
                     self.metrics.prometheus,
                     token,
+                    max_connections=cfg.http_max_connections,
+                    read_timeout_s=cfg.http_read_timeout_s,
                 )
                 self.http.start()
                 log.info("HTTP: health and metrics on http://%s:%d/", cfg.http_host, self.http.port)
@@ -191,12 +200,19 @@ class DicomNode:
         return self.http.port if self.http is not None else None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """The threads are alive and the DICOM listener answers a loopback association."""
         threads = {
             "worker": self.worker.is_alive(),
             "outbox": self.sender.is_alive(),
             "assembler": self._ticker is not None and self._ticker.is_alive(),
         }
-        return all(threads.values()), {"threads": threads, "ae_title": self.config.ae_title}
+        listening, detail = self.listener.self_check()
+        details = {
+            "threads": threads,
+            "dicom_listener": {"ok": listening, "detail": detail},
+            "ae_title": self.config.ae_title,
+        }
+        return all(threads.values()) and listening, details
 
     def _register_gauges(self) -> None:
         g = self.metrics.gauges
@@ -208,6 +224,8 @@ class DicomNode:
         g["studies_in_progress"] = lambda: int(self.worker.current is not None)
         g["outbox_pending"] = self.outbox.pending_count
         g["storage_bytes"] = lambda: self.budget.used
+        g["receiving_bytes"] = lambda: self.listener.receive_budget.used
+        g["quarantine_bytes"] = self.jobs.quarantine_bytes
 
     def _on_complete(self, record: JobRecord) -> None:
         self.metrics.incr("studies_received")
@@ -215,9 +233,13 @@ class DicomNode:
             self.metrics.incr("studies_failed")
 
     def _tick_loop(self) -> None:
+        next_purge = 0.0
         while not self._stop.wait(self.tick_s):
             try:
                 self.assembler.tick()
+                if time.monotonic() >= next_purge:
+                    self.jobs.purge_quarantine()
+                    next_purge = time.monotonic() + min(60.0, self.config.failed_retention_s)
             except Exception as exc:  # disk trouble: log, keep trying
                 log.error("assembler: %s: %s", type(exc).__name__, exc)
                 time.sleep(1.0)

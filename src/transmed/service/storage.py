@@ -166,7 +166,11 @@ class IncomingStore:
 
     def recover(self) -> list[str]:
         """After a restart: drop temp files a crash left, remove what the node did not write,
-        count the bytes still waiting; return the study UIDs with a folder in ``incoming``."""
+        count the bytes still waiting; return the study UIDs with a folder in ``incoming``.
+
+        Each recovered study is tallied as if received in this run, so instances that arrive
+        for it (a sender resending what was not acknowledged) join the same study and its
+        counts and bytes stay right."""
         studies = []
         for entry in sorted(self.incoming.iterdir()):
             if entry.is_dir() and not entry.is_symlink() and is_valid_uid(entry.name):
@@ -176,7 +180,12 @@ class IncomingStore:
                         "removed an interrupted write in study %s", study_log_key(entry.name)
                     )
                 studies.append(entry.name)
-                self.budget.try_reserve(tree_size(entry)[1])
+                files, size = tree_size(entry)
+                self.budget.try_reserve(size)
+                marker = self.incoming / f"{entry.name}.refused"
+                refused = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+                with self._lock:
+                    self._studies[entry.name] = _Tally(size, files, entry.stat().st_mtime, refused)
             elif entry.suffix == ".refused" and is_valid_uid(entry.stem):
                 continue
             else:

@@ -16,6 +16,7 @@ from transmed.service.keys import UnsafeName, uid_key
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 ACCEPTED_SOP_CLASSES = (MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE)
+DEFLATED = b"1.2.840.10008.1.2.1.99"
 
 
 class Status:
@@ -115,16 +116,48 @@ def _check_pixels(ds: Any, limits: LimitsConfig) -> None:
         )
     if "PixelData" not in ds:
         return  # float pixel data: its length is checked by the reader
+    from pydicom.uid import UID
+
     bits = _int_attr(ds, "BitsAllocated")
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    ts = UID(str(ts)) if ts is not None else None
+    if ts is not None and not ts.is_transfer_syntax:  # .is_compressed would raise (fuzzer)
+        raise InstanceRefused(Status.CANNOT_DECODE, "TransferSyntaxUID is not a transfer syntax")
     if ts is not None and ts.is_compressed:
         return  # encapsulated: the length is only known after decompression
     expected = (voxels * samples * bits + 7) // 8
+    if not isinstance(ds.PixelData, (bytes, bytearray)):  # a broken VR decodes to numbers
+        raise InstanceRefused(Status.CANNOT_DECODE, "PixelData is not a byte string")
     if len(ds.PixelData) < expected:
         raise InstanceRefused(
             Status.SHORT_PIXEL_DATA,
             f"pixel data has {len(ds.PixelData)} bytes, the header claims {expected}",
         )
+
+
+#: The attributes the checks below read; decoded up front, where a decoding error is a refusal.
+_CHECKED = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Rows",
+            "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "PixelData",
+            "FloatPixelData", "DoubleFloatPixelData")  # fmt: skip
+
+
+def _decode_checked(ds: Any) -> None:
+    """Decode the values the checks read (pydicom decodes lazily, and a broken VR or length
+    raises on first access: NotImplementedError, BytesLengthException ...; found by the
+    fuzzer, ``transmed.bench.dicom_fuzz``)."""
+    for keyword in _CHECKED:
+        ds.get(keyword)
+    if hasattr(ds, "file_meta"):
+        ds.file_meta.get("TransferSyntaxUID")
+
+
+def _file_meta_bytes(raw: bytes) -> bytes:
+    """The file meta group's bytes (after the preamble), from its group length when present."""
+    start = 132 if raw[128:132] == b"DICM" else 0
+    end = start + 2048
+    if raw[start : start + 4] == b"\x02\x00\x00\x00" and raw[start + 4 : start + 6] == b"UL":
+        end = start + 12 + int.from_bytes(raw[start + 8 : start + 12], "little")
+    return raw[start : min(end, start + 65536)]
 
 
 def parse_instance(
@@ -152,9 +185,17 @@ def parse_instance(
             Status.INSTANCE_TOO_LARGE,
             f"data set of {len(raw)} bytes exceeds max_instance_bytes {limits.max_instance_bytes}",
         )
+    if DEFLATED in _file_meta_bytes(raw):
+        # pydicom inflates the whole data set before anything can be checked: its size is
+        # unbounded by max_instance_bytes (the listener does not negotiate it either)
+        raise InstanceRefused(
+            Status.CANNOT_DECODE,
+            "Deflated Explicit VR Little Endian is not accepted (its inflated size is unbounded)",
+        )
     try:
         ds = dcmread(BytesIO(raw))
         _walk(ds, 0, limits.max_sequence_depth)
+        _decode_checked(ds)
     except InstanceRefused:
         raise
     except RecursionError:

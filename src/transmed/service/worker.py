@@ -5,7 +5,8 @@ It runs the same inference path as ``transmed predict`` on DICOM input
 one study (a :class:`~transmed.io.dicom.DicomError` for bad input, or anything else) is
 recorded in that study's state file and logged with the study's hash, and the worker goes on
 with the next.
-The study's images are deleted once it is processed, whatever the outcome.
+The study's images are deleted once it is processed; a failed study's go to the quarantine
+(:meth:`~transmed.service.jobs.JobStore.quarantine`) with the reason.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class InferenceWorker:
                 record.study_key,
                 redact("".join(traceback.format_exception(exc)), identifiers),
             )
-        self._finish(record)
+        self.jobs.quarantine(record)
+        self.budget.release(record.bytes)
 
     def _finish(self, record: JobRecord) -> None:
         self.jobs.clean(record)

@@ -23,12 +23,35 @@ def train_cmd(
     seed: int = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     device: str = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda if any)."),
+    preset: str = typer.Option(
+        None, "--preset",
+        help="'generalist': train from the synthetic generator, no --data needed.",
+    ),
+    init_from: str = typer.Option(
+        None, "--init-from",
+        help="Start from a checkpoint file or a shipped model name ('generalist').",
+    ),
 ) -> None:
     """Train one model on a dataset; checkpoints latest/best/final in OUT/checkpoints."""
     with user_errors():
         from transmed.training.config import load_config
         from transmed.training.run import train
 
+        generalist_run = (out / "generator.json").is_file()
+        if preset is not None or (resume and generalist_run):
+            from transmed.training.generalist import generalist_config, train_generalist
+
+            if preset not in (None, "generalist"):
+                raise typer.BadParameter(f"unknown preset {preset!r}; available: generalist")
+            gcfg = None
+            if not resume:
+                over = {k: v for k, v in dict(
+                    epochs=epochs, iters_per_epoch=iters, batch_size=batch_size,
+                    precision=precision, seed=seed, init_from=init_from).items() if v is not None}
+                gcfg = generalist_config(**over)
+            result = train_generalist(out, gcfg, resume=resume, device=device)
+            typer.echo(f"best validation Dice {result.best_dice:.4f}; run in {result.out_dir}")
+            return
         cfg = None
         if not resume:
             if data is None:
@@ -36,7 +59,7 @@ def train_cmd(
             cfg = load_config(
                 config, model=model, epochs=epochs, iters_per_epoch=iters, patch_size=patch,
                 batch_size=batch_size, precision=precision, grad_checkpointing=grad_checkpointing,
-                seed=seed,
+                seed=seed, init_from=init_from,
             )  # fmt: skip
         result = train(data, out, cfg, resume=resume, device=device)
         typer.echo(f"best validation Dice {result.best_dice:.4f}; run in {result.out_dir}")
@@ -48,7 +71,21 @@ def cv_cmd(
     out: Path = typer.Option(..., "--out", help="Cross-validation folder (resumable)."),
     folds: int = typer.Option(5, "--folds", min=2),
     config: Path = typer.Option(None, "--config", help="JSON/YAML TrainConfig file."),
-    splits: Path = typer.Option(None, "--splits", help="Your own splits.json (wins)."),
+    splits: Path = typer.Option(
+        None, "--splits",
+        help="Your own splits.json (wins; checked: cases exist, train/val disjoint, every case "
+        "validated exactly once, no patient on both sides of a fold).",
+    ),
+    patient_regex: str = typer.Option(
+        None, "--patient-regex",
+        help="Regex whose first group (or whole match) is the patient id in a case id; folds "
+        "keep a patient's cases together. Default: BraTS 2023 time points "
+        "(BraTS-GLI-00001-000, -001) are one patient, any other case its own.",
+    ),
+    patient_map: Path = typer.Option(
+        None, "--patient-map",
+        help="JSON {case_id: patient_id} or CSV/TSV (header; case id, patient id) instead.",
+    ),
     fold: list[int] = typer.Option(None, "--fold", help="Train only these folds."),
     epochs: int = typer.Option(None, "--epochs"),
     iters: int = typer.Option(None, "--iters-per-epoch"),
@@ -56,7 +93,8 @@ def cv_cmd(
     seed: int = typer.Option(None, "--seed"),
     device: str = typer.Option(None, "--device"),
 ) -> None:
-    """K-fold cross-validation: splits.json, one run per fold, out-of-fold predictions, summary."""
+    """K-fold cross-validation by patient: splits.json, one run per fold, out-of-fold
+    predictions, summary."""
     with user_errors():
         from transmed.training.config import load_config
         from transmed.training.run import cross_validate
@@ -64,7 +102,8 @@ def cv_cmd(
         cfg = load_config(config, model=model, epochs=epochs, iters_per_epoch=iters,
                           patch_size=patch, seed=seed)  # fmt: skip
         summary = cross_validate(data, out, cfg, folds, splits_file=splits,
-                                 only_folds=fold or None, device=device)  # fmt: skip
+                                 only_folds=fold or None, device=device,
+                                 patient_regex=patient_regex, patient_map=patient_map)  # fmt: skip
         for line in summary.get("table", []):
             typer.echo(line)
         typer.echo(f"cross-validation in {out}")

@@ -52,6 +52,9 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(2, ge=0)
     seed: int = Field(0, ge=0)
     augment: dict[str, Any] = Field(default_factory=dict)  # AugmentConfig fields
+    # start from these weights: a checkpoint path, or the name of a shipped model
+    # ("generalist"); the model and its arguments then come from that checkpoint
+    init_from: str | None = None
 
     @field_validator("patch_size")
     @classmethod

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from transmed.data.labels import REGIONS
 from transmed.data.writing import write_prediction
 from transmed.inference.predictor import Predictor
+from transmed.progress import progress_bar
 from transmed.transforms.datasets import read_preprocessed_summary
 from transmed.transforms.store import load_arrays, load_record, write_json
 
@@ -44,11 +44,12 @@ def predict_cases(
     """
     _, layout = _source_and_layout(preprocessed)
     latencies: list[float] = []
-    name, params = "", 0
+    name, params, device, mode = "", 0, "cpu", None
     total = sum(len(ids) for _, ids in jobs)
-    bar = tqdm(total=total, desc="predict held-out", unit="case", disable=not progress)
+    bar = progress_bar(total=total, desc="predict held-out", unit="case", disable=not progress)
     for ckpt, ids in jobs:
         predictor = Predictor.from_path(ckpt)
+        device, mode = predictor.device.type, predictor.resolved_mode
         model = predictor.models[0]
         name = model.config.get("name", type(model).__name__)
         params = sum(p.numel() for p in model.parameters())
@@ -64,7 +65,9 @@ def predict_cases(
     info = {
         "model": name,
         "parameters": params,
-        "device": platform.processor() or platform.machine(),
+        "device": device,  # the torch device that ran: cpu, cuda (not the processor's arch)
+        "processor": platform.processor() or platform.machine(),
+        "inference_mode": mode,
         "threads": torch.get_num_threads(),
         "latency_s": latencies,
         "latency_s_median": statistics.median(latencies) if latencies else None,

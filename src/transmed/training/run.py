@@ -2,18 +2,17 @@
 
 Stages talk through files: raw data are preprocessed once (``preprocessed/``), a run folder
 holds its config, split, metrics and checkpoints, and a cross-validation folder holds
-``splits.json`` (written once; a user-supplied file wins) and one run folder per fold.
+``splits.json`` (written once, folds grouped by patient; a user-supplied file wins after its
+checks, see :mod:`transmed.training.splits`) and one run folder per fold.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from transmed.training.config import ConfigError, TrainConfig
+from transmed.training.splits import load_splits, make_folds, patient_groups
 from transmed.training.trainer import (
     Trainer,
     TrainingError,
@@ -64,6 +63,32 @@ def _guard_out(out: Path, resume: bool) -> None:
         )
 
 
+def initial_weights(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """Resolve ``config.init_from`` (a shipped model's name, a checkpoint, or a run folder)
+    into its weights, and adopt the model and constructor arguments they were trained with
+    (the preprocessing of the new data stays the user's own).
+
+    Raises:
+        ConfigError: a checkpoint for another number of input or output channels.
+    """
+    from transmed.models.checkpoint import load_checkpoint
+    from transmed.models.pretrained import resolve_model
+
+    path = resolve_model(config.init_from)
+    if path.is_dir():
+        for name in ("final.pt", "best.pt", "latest.pt"):
+            if (path / "checkpoints" / name).is_file():
+                path = path / "checkpoints" / name
+                break
+    ckpt = load_checkpoint(path)
+    mc = ckpt["model_config"]
+    if int(mc.get("in_channels", 4)) != 4 or int(mc.get("out_channels", 3)) != 3:
+        raise ConfigError(f"{path}: --init-from needs a 4-channel-in, 3-region-out model")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    adopted = config.model_copy(update={"model": mc["name"], "model_kwargs": dict(mc["kwargs"])})
+    return adopted, state
+
+
 def train(
     data: Path,
     out: Path,
@@ -97,7 +122,11 @@ def train(
     unknown = sorted((set(split.get("train", [])) | set(split.get("val", []))) - set(ids))
     if unknown:
         raise TrainingError(f"split names cases the data do not have: {unknown[:5]}")
-    trainer = Trainer(config, folder, out, split, device=device, progress=progress, dist_ctx=ctx)
+    init_state = None
+    if config.init_from and not resume:
+        config, init_state = initial_weights(config)
+    trainer = Trainer(config, folder, out, split, device=device, progress=progress, dist_ctx=ctx,
+                      init_state=init_state)  # fmt: skip
     if trainer.ctx.is_main and not resume:
         write_run_files(out, config, split, Path(data))
     trainer.ctx.barrier()
@@ -107,36 +136,6 @@ def train(
 
         finish_run(out, folder, split, progress)
     return result
-
-
-def make_folds(case_ids: list[str], folds: int, seed: int = 0) -> list[dict[str, list[str]]]:
-    """nnU-Net-style ``splits_final.json`` content: k random folds of train/val ids."""
-    if folds < 2 or folds > len(case_ids):
-        raise ValueError(f"need 2 ≤ folds ≤ number of cases ({len(case_ids)}), got {folds}")
-    ids = sorted(case_ids)
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    chunks = [sorted(order[i::folds]) for i in range(folds)]
-    return [
-        {"train": sorted(set(ids) - set(chunk)), "val": chunk} for chunk in chunks
-    ]
-
-
-def load_splits(path: Path, case_ids: list[str]) -> list[dict[str, list[str]]]:
-    """Read and check a splits file (list of {"train": [...], "val": [...]})."""
-    try:
-        splits = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read splits ({exc})") from None
-    if not isinstance(splits, list) or not all(
-        isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits
-    ):
-        raise ConfigError(f"{path}: expected a list of {{'train': [...], 'val': [...]}}")
-    known = set(case_ids)
-    for k, s in enumerate(splits):
-        unknown = sorted((set(s["train"]) | set(s["val"])) - known)
-        if unknown:
-            raise ConfigError(f"{path}: fold {k} names unknown cases {unknown[:5]}")
-    return splits
 
 
 def cross_validate(
@@ -149,8 +148,16 @@ def cross_validate(
     only_folds: list[int] | None = None,
     device: str | None = None,
     progress: bool = True,
+    patient_regex: str | None = None,
+    patient_map: Path | None = None,
 ) -> dict[str, Any]:
     """Train every fold (resuming unfinished ones), predict out-of-fold cases, evaluate.
+
+    Folds are made of patients (:mod:`transmed.training.splits`): by default BraTS 2023 time
+    points of one patient stay together; ``patient_regex`` or ``patient_map`` say who is who in
+    other layouts (the rule, not the table, is recorded in ``out/config.json``: patient ids
+    may be identifiers). A splits file (given, or left by an earlier run) is checked against
+    the grouping before any training.
 
     Returns the summary also written to ``out/summary.json``.
     """
@@ -159,14 +166,15 @@ def cross_validate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folder, ids = prepare_data(Path(data), out / "preprocessed", progress)
+    groups = patient_groups(ids, regex=patient_regex, mapping=patient_map)
     splits_path = out / "splits.json"
     if splits_file is not None:
-        splits = load_splits(splits_file, ids)
+        splits = load_splits(splits_file, ids, groups)
         write_json(splits, splits_path)
     elif splits_path.is_file():
-        splits = load_splits(splits_path, ids)
+        splits = load_splits(splits_path, ids, groups)
     else:
-        splits = make_folds(ids, folds, config.seed)
+        splits = make_folds(ids, folds, config.seed, groups)
         write_json(splits, splits_path)
     if only_folds is not None and any(not 0 <= f < len(splits) for f in only_folds):
         raise ConfigError(f"--fold must be in 0..{len(splits) - 1}, got {only_folds}")
@@ -179,7 +187,9 @@ def cross_validate(
             raise ConfigError(f"{run_dir}: exists without a checkpoint; remove it to retrain")
         train(folder, run_dir, config, resume=resume, split=splits[k], preprocessed_cache=folder,
               device=device, progress=progress, evaluate=False)  # fmt: skip
-    write_json({**config.model_dump(mode="json"), "data": str(data)}, out / "config.json")
+    grouping = {"regex": patient_regex, "map": str(patient_map) if patient_map else None}
+    write_json({**config.model_dump(mode="json"), "data": str(data), "patients": grouping},
+               out / "config.json")  # fmt: skip
     evaluation = predict_out_of_fold(out, folder, splits, progress=progress)
     summary = {"folds": len(splits), "evaluation": evaluation.get("metrics", {}),
                "table": summary_table(evaluation)}  # fmt: skip

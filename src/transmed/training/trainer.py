@@ -23,18 +23,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from transmed.data.labels import REGIONS, labels_to_regions
 from transmed.inference.core import predict_probabilities
 from transmed.models import autocast, create_model
 from transmed.models.layers import set_dynamic_temperature, temperature_schedule
+from transmed.progress import progress_bar
 from transmed.training.checkpoint import load_checkpoint, save_checkpoint
 from transmed.training.config import ConfigError, TrainConfig
 from transmed.training.data import PatchDataset
 from transmed.training.distributed import DistContext, init_distributed
+from transmed.training.losses import build_loss
 from transmed.training.schedule import build_scheduler
 from transmed.transforms.store import load_arrays, write_json
 
@@ -78,11 +78,6 @@ def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> dict[str
     return {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
 
 
-def _loss_fn(config: TrainConfig) -> torch.nn.Module:
-    loss = DiceCELoss(sigmoid=True, lambda_dice=config.dice_weight, lambda_ce=config.ce_weight)
-    return DeepSupervisionLoss(loss, weight_mode="exp") if config.deep_supervision else loss
-
-
 def _finite_model(model: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -90,15 +85,19 @@ def _finite_model(model: torch.nn.Module) -> bool:
 def validate(
     model: torch.nn.Module, paths: list[Path], config: TrainConfig, precision: str
 ) -> dict[str, float]:
-    """Mean Dice per region over validation cases, predicted by the ``predict`` code path."""
+    """Mean Dice per region over validation cases, predicted by the ``predict`` code path in
+    the inference mode the run's checkpoints record (``predict``'s default for them)."""
     from transmed.evaluation.metrics import dice
+    from transmed.inference.core import window_for_mode
+    from transmed.models.checkpoint import DEFAULT_INFERENCE_MODE
 
+    # save_checkpoint records DEFAULT_INFERENCE_MODE in every checkpoint of the run
+    window = window_for_mode(DEFAULT_INFERENCE_MODE, config.patch_size)
     scores = {r: [] for r in REGIONS}
     for path in paths:
         image, label = load_arrays(path)
         probs = predict_probabilities(
-            model, image, roi_size=config.patch_size, overlap=config.val_overlap,
-            precision=precision,
+            model, image, roi_size=window, overlap=config.val_overlap, precision=precision,
         )  # fmt: skip
         ref = labels_to_regions(label)
         for i, r in enumerate(REGIONS):
@@ -121,11 +120,36 @@ class Trainer:
         device: str | torch.device | None = None,
         progress: bool = True,
         dist_ctx: DistContext | None = None,
+        train_dataset: Any = None,
+        val_paths: list[Path] | None = None,
+        extra_val: dict[str, list[Path]] | None = None,
+        preprocess_config: dict[str, Any] | None = None,
+        extra_state: dict[str, Any] | None = None,
+        init_state: dict[str, torch.Tensor] | None = None,
+        hooks: Any = None,
     ) -> None:
+        """``train_dataset`` (any Dataset of {"image", "target"} with ``set_epoch``, e.g. the
+        synthetic generator) replaces the patches of ``preprocessed_dir``; then
+        ``val_paths`` (preprocessed ``.npz``), ``preprocess_config`` (what ``predict`` must
+        do to raw input) and ``extra_val`` (more named validation sets, logged as
+        ``{name}_dice_{region}``) say the rest. ``extra_state`` is stored in every
+        checkpoint; ``init_state`` gives the starting weights of a new run. ``hooks`` (used by
+        ``transmed.federated``: FedProx, DP-SGD) may wrap what the loop steps with:
+        ``hooks.wrap(model, optimizer, loss_fn)`` once, and ``hooks.batches(dataset, loader,
+        epoch)`` each epoch; checkpoints and validation keep the unwrapped model."""
         self.config = config
-        self.data_dir = Path(preprocessed_dir)
+        self.data_dir = Path(preprocessed_dir) if preprocessed_dir is not None else None
         self.out_dir = Path(out_dir)
         self.split = split
+        self.train_dataset = train_dataset
+        self.val_paths = val_paths
+        self.extra_val = dict(extra_val or {})
+        self.extra_state = dict(extra_state or {})
+        self.init_state = init_state
+        self.hooks = hooks
+        self.csv_fields = CSV_FIELDS + [
+            f"{name}_dice_{r}" for name in self.extra_val for r in (*REGIONS, "mean")
+        ]
         self.ctx = dist_ctx or init_distributed()
         if device is None:
             device = f"cuda:{self.ctx.local_rank}" if torch.cuda.is_available() else "cpu"
@@ -136,9 +160,26 @@ class Trainer:
         from transmed.transforms.datasets import read_preprocessed_summary
 
         # Travels in every checkpoint so `predict` prepares raw input exactly like this.
-        self.preprocess_config = read_preprocessed_summary(self.data_dir).get("config", {})
-        if not split.get("train"):
+        if preprocess_config is not None:
+            self.preprocess_config = dict(preprocess_config)
+        elif self.data_dir is None:
+            raise TrainingError("no preprocessed data folder and no preprocess_config")
+        else:
+            self.preprocess_config = read_preprocessed_summary(self.data_dir).get("config", {})
+        if train_dataset is None and not split.get("train"):
             raise TrainingError("no training case in the split")
+        if self.data_dir is not None and "data_profile" not in self.extra_state:
+            self.extra_state["data_profile"] = self._data_profile(split.get("train", []))
+
+    def _data_profile(self, ids: list[str]) -> dict[str, Any] | None:
+        """What the training data looked like (skull-stripped or not, slice thickness,
+        spacing, volume), so ``predict`` can warn about inputs far from it."""
+        from transmed.transforms.preprocess import data_profile
+        from transmed.transforms.store import load_record
+
+        paths = [self.data_dir / f"{i}.json" for i in ids]  # type: ignore[operator]
+        records = [load_record(p) for p in paths if p.is_file()]
+        return data_profile(records) if records else None
 
     # -- building blocks -------------------------------------------------------------------
     def _build_model(self) -> torch.nn.Module:
@@ -174,6 +215,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "split": self.split,
             "preprocess_config": self.preprocess_config,
+            **self.extra_state,
         }
 
     # -- the loop --------------------------------------------------------------------------
@@ -181,8 +223,16 @@ class Trainer:
         cfg, ctx = self.config, self.ctx
         torch.manual_seed(cfg.seed)
         model = self._build_model()
-        train_paths = self._paths(self.split["train"])
-        val_paths = self._paths(self.split.get("val", []))
+        if self.init_state is not None and not resume:
+            try:
+                model.load_state_dict(self.init_state)
+            except RuntimeError as exc:
+                raise ConfigError(f"the initial weights do not fit {cfg.model}: {exc}") from None
+        if self.train_dataset is None:
+            train_paths = self._paths(self.split["train"])
+            val_paths = self._paths(self.split.get("val", []))
+        else:
+            val_paths = list(self.val_paths or [])
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = cfg.epochs * cfg.iters_per_epoch
         scheduler = build_scheduler(
@@ -212,15 +262,25 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         module = model.module if ctx.enabled else model
-        loss_fn = _loss_fn(cfg)
+        loss_fn = build_loss(cfg)
+        if self.hooks is not None:
+            model, optimizer, loss_fn = self.hooks.wrap(model, optimizer, loss_fn)
         per_rank = cfg.iters_per_epoch * cfg.batch_size
-        dataset = PatchDataset(
-            train_paths, cfg.patch_size, per_rank * ctx.world_size, cfg.foreground_prob,
-            cfg.augment_config(), cfg.seed,
-        )  # fmt: skip
+        if self.train_dataset is not None:
+            dataset = self.train_dataset
+            if len(dataset) < per_rank * ctx.world_size:
+                raise TrainingError(
+                    f"the training dataset has {len(dataset)} samples per epoch, the config "
+                    f"needs {per_rank * ctx.world_size}"
+                )
+        else:
+            dataset = PatchDataset(
+                train_paths, cfg.patch_size, per_rank * ctx.world_size, cfg.foreground_prob,
+                cfg.augment_config(), cfg.seed,
+            )  # fmt: skip
         mine = Subset(dataset, range(ctx.rank, per_rank * ctx.world_size, ctx.world_size))
         writer = self._writer() if ctx.is_main else None
-        bar = tqdm(total=total, initial=start_epoch * cfg.iters_per_epoch,
+        bar = progress_bar(total=total, initial=start_epoch * cfg.iters_per_epoch,
                    disable=not self.progress, desc=f"train {cfg.model}", unit="step",
                    dynamic_ncols=True)  # fmt: skip
         nonfinite_total = sum(int(h.get("nonfinite_steps", 0)) for h in history)
@@ -236,6 +296,8 @@ class Trainer:
                 mine, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                 drop_last=True,
             )  # fmt: skip
+            if self.hooks is not None:
+                loader = self.hooks.batches(mine, loader, epoch)
             model.train()
             losses, nonfinite, consecutive = [], 0, 0
             for batch in loader:
@@ -277,6 +339,9 @@ class Trainer:
             if ctx.is_main and val_paths and ((epoch + 1) % cfg.val_every == 0 or last_epoch):
                 last_val = validate(module, val_paths, cfg, self.precision)
                 row.update(last_val)
+                for name, paths in self.extra_val.items():
+                    extra = validate(module, paths, cfg, self.precision)
+                    row.update({k.replace("val_", f"{name}_", 1): v for k, v in extra.items()})
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}",
                                 dice=f"{last_val['val_dice_mean']:.3f}")  # fmt: skip
             row["epoch_time_s"] = time.perf_counter() - t0
@@ -317,10 +382,10 @@ class Trainer:
         import io
 
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=self.csv_fields, extrasaction="ignore")
         w.writeheader()
         for row in history:
-            w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+            w.writerow({k: row.get(k, "") for k in self.csv_fields})
         from transmed.io.atomic import atomic_write_text
 
         atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
@@ -329,10 +394,10 @@ class Trainer:
         path = self.out_dir / "metrics.csv"
         new = not path.exists()
         with open(path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(fh, fieldnames=self.csv_fields, extrasaction="ignore")
             if new:
                 w.writeheader()
-            w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+            w.writerow({k: row.get(k, "") for k in self.csv_fields})
         if writer is not None:
             for k, v in row.items():
                 if k not in ("epoch", "step") and isinstance(v, (int, float)):

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from transmed.progress import progress_bar
 from transmed.transforms.preprocess import MODALITIES, PreprocessConfig, preprocess_case
 from transmed.transforms.store import load_arrays, save_arrays, save_case, write_json
 
@@ -59,7 +59,7 @@ def preprocess_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
-    for case in tqdm(cases, desc="preprocess", unit="case", disable=not progress):
+    for case in progress_bar(cases, desc="preprocess", unit="case", disable=not progress):
         try:
             volumes = load_case(case)
             case_id = _safe_id(volumes.case_id)
@@ -152,7 +152,7 @@ def augment_dataset(
     summary = read_preprocessed_summary(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples: list[dict[str, Any]] = []
-    for entry in tqdm(summary["cases"], desc="augment", unit="case", disable=not progress):
+    for entry in progress_bar(summary["cases"], desc="augment", unit="case", disable=not progress):
         case_id = _safe_id(str(entry["case_id"]))
         image, label = load_arrays(data_dir / str(entry["image"]))
         for k in range(factor):

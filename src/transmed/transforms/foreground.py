@@ -16,7 +16,8 @@ volume, is used because a tightly cropped skull-stripped volume has few zeros ov
 rim, while native-space images have noise at the border (TCGA-FG-6692: 7-17 % zeros there,
 BraTS: 100 %).
 
-No skull stripping is done: for clinical data the mask is the head, not the brain.
+No skull stripping is done here: for clinical data this mask is the head. Brain extraction
+(:mod:`transmed.transforms.brain_extraction`) replaces it when preprocessing asks for it.
 """
 
 from __future__ import annotations
@@ -109,10 +110,15 @@ def choose_method(reference: np.ndarray, method: str) -> str:
         raise ValueError(f"foreground must be one of {FOREGROUND_METHODS}, got {method!r}")
     if method != "auto":
         return method
-    rim = np.ones(reference.shape, dtype=bool)
-    rim[1:-1, 1:-1, 1:-1] = False
-    zero_fraction = float(np.mean(reference[rim] == 0))
+    zero_fraction = border_zero_fraction(reference)
     return "nonzero" if zero_fraction >= SKULL_STRIPPED_BORDER_ZEROS else "otsu"
+
+
+def border_zero_fraction(image: np.ndarray) -> float:
+    """Fraction of exact zeros among the voxels of the six faces of a 3D ``image``."""
+    rim = np.ones(image.shape, dtype=bool)
+    rim[1:-1, 1:-1, 1:-1] = False
+    return float(np.mean(image[rim] == 0))
 
 
 def foreground_mask(images: np.ndarray | Sequence[np.ndarray], method: str) -> np.ndarray:

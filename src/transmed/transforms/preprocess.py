@@ -12,9 +12,20 @@ Forward (``preprocess_case``), in this order:
    up voxel-aligned. An exact permutation map is a copy, so with ``target_spacing=None`` the
    reference and its label are not interpolated at all. With ``coregistration="rigid"`` a
    mutual-information rigid registration (:mod:`transmed.transforms.registration`) first
-   corrects each non-reference series' affine for head motion between series;
-4. crop to the foreground box (:mod:`transmed.transforms.foreground`) plus a margin in mm;
-5. z-score per modality over the foreground mask; background set to 0.
+   corrects each non-reference series' affine for head motion between series; with ``"auto"``
+   the evidence decides per series (:func:`~transmed.transforms.registration.coregister`:
+   registered when another frame of reference says so, or when a coarse registration after
+   header alignment finds motion; data already on one grid and skull-stripped are kept as
+   they are). Thick slices (TCGA-FG-6692: 5.5 mm) are interpolated trilinearly onto the grid;
+4. brain extraction (``brain_extraction``, :mod:`transmed.transforms.brain_extraction`) on the
+   reference series when it is not skull-stripped already; the mask, on the reference grid,
+   is carried to every other series through the co-registration above (it is the foreground);
+5. crop to the foreground box (:mod:`transmed.transforms.foreground`) plus a margin in mm;
+6. z-score per modality over the foreground mask; background set to 0. A missing series (when
+   ``missing_modalities="zero"``) is a channel of zeros, i.e. its z-scored mean.
+
+What was decided and measured (brain mask, registration transforms and residuals, missing
+series, warnings, seconds per step) is kept in ``record.extra`` for the provenance.
 
 The :class:`PreprocessRecord` keeps what the inverse needs; ``invert_labels`` and
 ``invert_probabilities`` take a prediction on the preprocessed grid back to the ORIGINAL
@@ -30,7 +41,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,14 +51,21 @@ import numpy as np
 
 from transmed.data.labels import MODALITIES, N_CLASSES  # internal labels 0 bg, 1 NCR, 2 ED, 3 ET
 from transmed.io.nifti import Volume
+from transmed.transforms import brain_extraction as bx
 from transmed.transforms import foreground as fg
 from transmed.transforms import spatial
 
 RECORD_VERSION = 1
 REFERENCE_CHOICES = (*MODALITIES, "finest")
-COREGISTRATION_CHOICES = ("header", "rigid")
-#: Isotropic spacing (mm) of the grid on which rigid registration is estimated.
-REGISTRATION_SPACING = 2.0
+COREGISTRATION_CHOICES = ("header", "rigid", "auto")
+BRAIN_EXTRACTION_CHOICES = bx.BRAIN_EXTRACTION_CHOICES
+MISSING_CHOICES = ("error", "zero")
+#: Isotropic spacing (mm) of the grid on which rigid registration is estimated. 3 mm: clinical
+#: slices are 3-6 mm thick anyway, and on TCGA-FG-6692 it gives the 2 mm grid's transforms
+#: (within 0.3 mm, 0.2°) at 40 % of the time.
+REGISTRATION_SPACING = 3.0
+#: Series registered at once (threads; each ITK registration is single-threaded).
+REGISTRATION_WORKERS = 2
 _EPS = 1e-8
 
 
@@ -64,7 +84,13 @@ class PreprocessConfig:
         coregistration: ``"header"`` aligns the series by their affines only (right for BraTS
             and other co-registered data); ``"rigid"`` adds a mutual-information rigid
             registration of each series to the reference (native-space clinical data, where
-            the head moves between series; needs SimpleITK).
+            the head moves between series; needs SimpleITK); ``"auto"`` registers a series
+            only when the evidence says so (see the module doc).
+        brain_extraction: ``"auto"`` (deepbet on the reference series unless the input is
+            skull-stripped already), ``"on"`` (always) or ``"off"``.
+        missing_modalities: ``"zero"``: a missing series becomes a zero channel (the model
+            was trained with modality dropout; the reference series stays required);
+            ``"error"``: a missing series is an error naming what is missing.
     """
 
     target_spacing: tuple[float, float, float] | None = None
@@ -73,6 +99,8 @@ class PreprocessConfig:
     margin_mm: float = 5.0
     label_interpolation: str = "linear"
     coregistration: str = "header"
+    brain_extraction: str = "off"
+    missing_modalities: str = "error"
 
     def __post_init__(self) -> None:
         if self.target_spacing is not None:
@@ -106,6 +134,16 @@ class PreprocessConfig:
             raise ValueError(
                 f"coregistration must be one of {COREGISTRATION_CHOICES}, "
                 f"got {self.coregistration!r}"
+            )
+        if self.brain_extraction not in BRAIN_EXTRACTION_CHOICES:
+            raise ValueError(
+                f"brain_extraction must be one of {BRAIN_EXTRACTION_CHOICES}, "
+                f"got {self.brain_extraction!r}"
+            )
+        if self.missing_modalities not in MISSING_CHOICES:
+            raise ValueError(
+                f"missing_modalities must be one of {MISSING_CHOICES}, "
+                f"got {self.missing_modalities!r}"
             )
 
 
@@ -223,23 +261,34 @@ class PreprocessedCase:
     record: PreprocessRecord
 
 
-def _as_modality_dict(images: Mapping[str, Volume] | Sequence[Volume]) -> dict[str, Volume]:
+def _as_modality_dict(
+    images: Mapping[str, Volume | None] | Sequence[Volume | None],
+    *,
+    allow_missing: bool = False,
+    required: str = "t1ce",
+) -> dict[str, Volume | None]:
+    """The four modalities by name; ``None`` for a missing one (only when ``allow_missing``)."""
     if isinstance(images, Mapping):
-        missing = [m for m in MODALITIES if m not in images]
         unknown = [m for m in images if m not in MODALITIES]
-        if missing or unknown:
-            raise ValueError(
-                f"images must have exactly the modalities {MODALITIES}; "
-                f"missing {missing}, unknown {unknown}"
-            )
-        out = {m: images[m] for m in MODALITIES}
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; expected {list(MODALITIES)}")
+        out = {m: images.get(m) for m in MODALITIES}
     else:
         if len(images) != len(MODALITIES):
             raise ValueError(
                 f"expected {len(MODALITIES)} volumes in the order {MODALITIES}, got {len(images)}"
             )
         out = dict(zip(MODALITIES, images, strict=True))
+    missing = [m for m, v in out.items() if v is None]
+    if missing and (not allow_missing or required in missing):
+        accepted = (
+            f"this model accepts missing series except {required}" if allow_missing else
+            f"this model needs all of {', '.join(MODALITIES)}"
+        )  # fmt: skip
+        raise ValueError(f"missing series: {', '.join(missing)}; {accepted}")
     for name, vol in out.items():
+        if vol is None:
+            continue
         where = f" ({vol.path})" if vol.path is not None else ""
         if np.asarray(vol.data).ndim != 3:
             raise ValueError(f"modality {name}{where}: expected a 3D image, got {vol.data.shape}")
@@ -250,11 +299,15 @@ def _as_modality_dict(images: Mapping[str, Volume] | Sequence[Volume]) -> dict[s
     return out
 
 
-def choose_reference(images: Mapping[str, Volume], reference: str) -> str:
+def _series_name(name: str, vol: Volume) -> str:
+    return f"{name} ({vol.path.name})" if vol.path is not None else name
+
+
+def choose_reference(images: Mapping[str, Volume | None], reference: str) -> str:
     """Resolve ``"finest"`` to the modality with the smallest voxel volume (ties: T1ce first)."""
     if reference != "finest":
         return reference
-    preference = ("t1ce", *[m for m in MODALITIES if m != "t1ce"])
+    preference = ("t1ce", *[m for m in MODALITIES if m != "t1ce" and images.get(m) is not None])
     volumes = {m: float(np.prod(images[m].spacing)) for m in preference}
     return min(preference, key=lambda m: (round(volumes[m], 6), preference.index(m)))
 
@@ -276,20 +329,29 @@ def _zscore(
 
 
 def preprocess_case(
-    images: Mapping[str, Volume] | Sequence[Volume],
+    images: Mapping[str, Volume | None] | Sequence[Volume | None],
     label: Volume | None = None,
     config: PreprocessConfig | None = None,
     *,
     case_id: str | None = None,
+    series_info: Mapping[str, Mapping[str, Any]] | None = None,
+    force: bool = False,
+    device: str = "cpu",
 ) -> PreprocessedCase:
     """Preprocess one case for the network (see the module docstring for the steps).
 
     Args:
         images: the four modalities as ``{name: Volume}`` or a sequence in ``MODALITIES`` order;
-            each keeps its own affine and may be on its own grid.
+            each keeps its own affine and may be on its own grid. A missing one is absent or
+            ``None`` (allowed only with ``config.missing_modalities="zero"``).
         label: optional label ``Volume`` (uint8 internal convention 0/1/2/3), on any grid.
         config: preprocessing options (defaults: reference spacing, T1ce reference).
         case_id: stored in the record.
+        series_info: optional per-modality facts about the series (DICOM:
+            ``frame_of_reference_uid``); a series whose frame of reference differs from the
+            reference's is registered without the evidence check (``coregistration="auto"``).
+        force: an implausible brain mask becomes a warning in the record instead of an error.
+        device: torch device for brain extraction.
 
     Returns:
         ``PreprocessedCase(image (4, D, H, W) float32, label (D, H, W) uint8 | None, record)``.
@@ -297,34 +359,94 @@ def preprocess_case(
     Raises:
         ValueError: missing modality, non-3D or non-finite image, label values outside 0..3,
             or no foreground at all.
+        BrainMaskError: an implausible brain mask (without ``force``), naming the series.
+        RegistrationError: a series that cannot be registered, named.
     """
     config = config or PreprocessConfig()
-    vols = _as_modality_dict(images)
+    t_start = time.perf_counter()
+    vols = _as_modality_dict(images, allow_missing=config.missing_modalities == "zero")
+    present = [m for m in MODALITIES if vols[m] is not None]
     ref_name = choose_reference(vols, config.reference)
     ref = vols[ref_name]
+    if ref is None:  # "finest" cannot pick a missing series; a named reference is required
+        raise ValueError(f"missing series: {ref_name} (the reference series)")
     original = spatial.Grid(ref.shape3d, np.asarray(ref.affine, dtype=np.float64))
     ornt = spatial.ras_orientation(original.affine)
     ras = spatial.reorient_grid(original, ornt)
     target, scale, offset = spatial.spacing_grid(ras, config.target_spacing)
 
-    affines = {m: np.asarray(vols[m].affine, dtype=np.float64) for m in MODALITIES}
-    extra: dict[str, Any] = {}
-    if config.coregistration == "rigid":
-        motions = _rigid_motions(vols, ref_name, ras, config.foreground)
-        extra["rigid_world_transforms"] = {m: w.tolist() for m, w in motions.items()}
-        # Fold the motion into the affine: the series is still interpolated once.
-        affines.update({m: np.linalg.inv(w) @ affines[m] for m, w in motions.items()})
+    affines = {m: np.asarray(vols[m].affine, dtype=np.float64) for m in present}  # type: ignore[union-attr]
+    seconds: dict[str, float] = {}
+    warnings: list[str] = []
+    stripped = bx.is_skull_stripped(np.asarray(ref.data))
+    extra: dict[str, Any] = {
+        "series": {m: _series_name(m, vols[m]) for m in present},  # type: ignore[arg-type]
+        "missing": [m for m in MODALITIES if m not in present],
+        "skull_stripped_input": stripped,
+        "warnings": warnings,
+        "seconds": seconds,
+    }
+    if extra["missing"]:
+        warnings.append(f"missing series {', '.join(extra['missing'])}: zero channel(s)")
+
+    # Co-registration (by headers, then for rigid/auto a rigid correction folded into the
+    # affine, so that each series is still interpolated only once) runs in a worker thread
+    # while brain extraction runs here: SimpleITK and PyTorch release the GIL, so on 2 cores
+    # the two overlap (TCGA-FG-6692: see benchmarks/results/clinical_pipeline.md).
+    run_bet = config.brain_extraction == "on" or (
+        config.brain_extraction == "auto" and not stripped
+    )
+    with ThreadPoolExecutor(1, thread_name_prefix="transmed-coreg") as pool:
+        pending = pool.submit(_timed, _coregistration, vols, present, ref_name, ras, config,
+                              stripped, series_info or {})  # fmt: skip
+        # Brain extraction on the reference series' own grid (its affine is never corrected).
+        t0 = time.perf_counter()
+        brain = bx.brain_mask(ref.data, ref.affine, device=device) if run_bet else None
+        seconds["brain_extraction"] = time.perf_counter() - t0
+        results, seconds["coregistration"] = pending.result()
+    extra["coregistration"] = {"mode": config.coregistration, **results.pop("_decision")}
+    extra["registration"] = {m: r.summary() for m, r in results.items()}
+    if config.coregistration == "rigid":  # kept for readers of earlier records
+        extra["rigid_world_transforms"] = {m: r.matrix.tolist() for m, r in results.items()}
+    affines.update({m: np.linalg.inv(r.matrix) @ affines[m] for m, r in results.items()})
+
+    if brain is not None:
+        info = brain.summary()
+        info["series"] = ref_name
+        extra["brain_extraction"] = {"mode": config.brain_extraction, "applied": True, **info}
+        if brain.problems:
+            message = (
+                f"brain mask of the {_series_name(ref_name, ref)} series is implausible: "
+                f"{'; '.join(brain.problems)}"
+            )
+            if not force:
+                raise bx.BrainMaskError(message + " (use --force to predict anyway)")
+            warnings.append(message + " (--force)")
+            extra["forced"] = True
+    else:
+        reason = "off" if config.brain_extraction == "off" else "input already skull-stripped"
+        extra["brain_extraction"] = {
+            "mode": config.brain_extraction, "applied": False, "reason": reason,
+        }  # fmt: skip
 
     # One interpolation per modality, straight from its own voxels. Kept as four arrays, not
     # stacked: only the cropped region is ever copied again (preprocessing is memory-bound).
-    channels = [
-        np.asarray(spatial.resample_to_grid(vols[m].data, affines[m], target, order=1),
-                   dtype=np.float32)
+    t0 = time.perf_counter()
+    channels: list[np.ndarray | None] = [
+        np.asarray(spatial.resample_to_grid(vols[m].data, affines[m], target, order=1),  # type: ignore[union-attr]
+                   dtype=np.float32) if m in present else None
         for m in MODALITIES
     ]  # fmt: skip
+    used = [c for c in channels if c is not None]
 
-    method = fg.choose_method(np.asarray(ref.data), config.foreground)
-    mask = fg.foreground_mask(channels, method)
+    if brain is not None:
+        method = "brain"
+        mask = spatial.resample_to_grid(
+            brain.mask.astype(np.float32), ref.affine, target, order=1
+        ) > 0.5  # fmt: skip
+    else:
+        method = fg.choose_method(np.asarray(ref.data), config.foreground)
+        mask = fg.foreground_mask(used, method)
     if not mask.any():
         raise ValueError(f"case {case_id or ''}: no foreground found (all-zero images?)")
     margin = tuple(int(math.ceil(config.margin_mm / s - 1e-9)) for s in target.spacing)
@@ -332,14 +454,21 @@ def preprocess_case(
     crop = tuple(slice(a, b) for a, b in box)
     mask = mask[crop]
 
-    image = np.empty((len(channels), *mask.shape), dtype=np.float32)  # (4, D, H, W)
+    image = np.zeros((len(channels), *mask.shape), dtype=np.float32)  # (4, D, H, W)
     outside = ~mask
     means, stds = [], []
     for channel, out in zip(channels, image, strict=True):
+        if channel is None:  # missing series: zeros, the z-scored mean
+            means.append(0.0)
+            stds.append(0.0)
+            continue
         mean, std = _zscore(channel[crop], mask, out, outside)
         means.append(mean)
         stds.append(std)
-    del channels
+    del channels, used
+    seconds["resample_normalise"] = time.perf_counter() - t0
+    extra["input_profile"] = _input_profile(vols, ref_name, mask, target, means, stds)
+    warnings.extend(input_warnings(extra["input_profile"], brain is not None))
 
     out_label = None
     if label is not None:
@@ -380,26 +509,145 @@ def preprocess_case(
         case_id=case_id,
         extra=extra,
     )
+    seconds["total"] = time.perf_counter() - t_start
     return PreprocessedCase(image=image, label=out_label, record=record)
 
 
-def _rigid_motions(
-    vols: Mapping[str, Volume], ref_name: str, ras: spatial.Grid, foreground: str
-) -> dict[str, np.ndarray]:
-    """World rigid transform (reference -> series) of every non-reference series."""
-    from transmed.transforms.registration import rigid_register
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
 
+
+def _coregistration(
+    vols: Mapping[str, Volume | None],
+    present: list[str],
+    ref_name: str,
+    ras: spatial.Grid,
+    config: PreprocessConfig,
+    stripped: bool,
+    series_info: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Registration results (reference -> series) of the series that need one, by
+    ``config.coregistration``; key ``"_decision"`` says what was decided and why."""
+    others = [m for m in present if m != ref_name]
+    if config.coregistration == "header" or not others:
+        return {"_decision": {"decision": "header", "reason": "configured" if others else
+                              "single series"}}  # fmt: skip
+    frames = {m: (series_info.get(m) or {}).get("frame_of_reference_uid") for m in present}
+    other_frame = [m for m in others if frames[m] and frames[ref_name]
+                   and frames[m] != frames[ref_name]]  # fmt: skip
+    if config.coregistration == "auto" and not other_frame:
+        grids = {(vols[m].shape3d, np.round(np.asarray(vols[m].affine), 4).tobytes())  # type: ignore[union-attr]
+                 for m in present}  # fmt: skip
+        if stripped and len(grids) == 1:
+            return {"_decision": {"decision": "header", "reason": (
+                "skull-stripped series on one grid: co-registered already")}}  # fmt: skip
+    from transmed.transforms.registration import coregister
+
+    ref = vols[ref_name]
     grid, _, _ = spatial.spacing_grid(ras, (REGISTRATION_SPACING,) * 3)
-    fixed = spatial.resample_to_grid(vols[ref_name].data, vols[ref_name].affine, grid, order=1)
-    method = fg.choose_method(np.asarray(vols[ref_name].data), foreground)
+    fixed = spatial.resample_to_grid(ref.data, ref.affine, grid, order=1)  # type: ignore[union-attr]
+    method = fg.choose_method(np.asarray(ref.data), config.foreground)  # type: ignore[union-attr]
     mask = fg.foreground_mask(fixed[None], method)
-    motions = {}
-    for m in MODALITIES:
-        if m == ref_name:
-            continue
-        moving = spatial.resample_to_grid(vols[m].data, vols[m].affine, grid, order=1)
-        motions[m] = rigid_register(fixed, moving, grid.affine, fixed_mask=mask)
-    return motions
+    def one(m: str) -> Any:  # one thread per series: ITK runs single-threaded (repeatable)
+        moving = spatial.resample_to_grid(vols[m].data, vols[m].affine, grid, order=1)  # type: ignore[union-attr]
+        forced = config.coregistration == "rigid" or m in other_frame
+        return coregister(fixed, moving, grid.affine, fixed_mask=mask, force=forced,
+                          name=_series_name(m, vols[m]))  # type: ignore[arg-type]  # fmt: skip
+
+    with ThreadPoolExecutor(REGISTRATION_WORKERS, thread_name_prefix="transmed-reg") as pool:
+        done = dict(zip(others, pool.map(one, others), strict=True))
+    out: dict[str, Any] = {}
+    for m, result in done.items():
+        if m in other_frame:
+            result.reason = "another FrameOfReferenceUID than the reference series"
+        if result.method == "rigid":
+            out[m] = result
+        else:
+            out.setdefault("_kept", {})[m] = result
+    kept = out.pop("_kept", {})
+    decision = {
+        "decision": "rigid" if out else "header",
+        "registered": sorted(out), "headers_kept": sorted(kept),
+        "other_frame_of_reference": sorted(other_frame),
+        "grid_spacing_mm": REGISTRATION_SPACING,
+        "checks": {m: r.summary() for m, r in kept.items()},
+    }  # fmt: skip
+    return {**out, "_decision": decision}
+
+
+def _input_profile(
+    vols: Mapping[str, Volume | None], ref_name: str, mask: np.ndarray, target: spatial.Grid,
+    means: Sequence[float], stds: Sequence[float],
+) -> dict[str, Any]:  # fmt: skip
+    """What the input looked like (compared with a model's training data by the predictor)."""
+    ref = vols[ref_name]
+    data = np.asarray(ref.data)  # type: ignore[union-attr]
+    return {
+        "reference_spacing_mm": [round(s, 3) for s in ref.spacing],  # type: ignore[union-attr]
+        "max_slice_mm": round(max(ref.spacing), 3),  # type: ignore[union-attr]
+        "foreground_ml": round(float(mask.sum()) * float(np.prod(target.spacing)) / 1000.0, 1),
+        "reference_min": float(data.min()),
+        "reference_max": float(data.max()),
+        "intensity_mean": [round(float(m), 4) for m in means],
+        "intensity_std": [round(float(s), 4) for s in stds],
+    }
+
+
+#: Plausible foreground volumes (ml): a brain, or a head with some neck.
+PLAUSIBLE_BRAIN_ML = (600.0, 2200.0)
+PLAUSIBLE_HEAD_ML = (600.0, 8000.0)
+
+
+def input_warnings(profile: Mapping[str, Any], brain: bool) -> list[str]:
+    """Warnings for an input that is probably not a brain MR examination (a CT, an empty or
+    nearly empty volume, a field of view too small or too large for a head)."""
+    out = []
+    lo, hi = PLAUSIBLE_BRAIN_ML if brain else PLAUSIBLE_HEAD_ML
+    ml = float(profile["foreground_ml"])
+    what = "brain" if brain else "foreground"
+    if not lo <= ml <= hi:
+        out.append(f"{what} volume {ml:.0f} ml is outside {lo:.0f}-{hi:.0f} ml: not a whole "
+                   "brain MR examination?")  # fmt: skip
+    if float(profile["reference_min"]) < -500:
+        out.append(f"reference series has values down to {profile['reference_min']:.0f}: "
+                   "Hounsfield units (a CT), not MR?")  # fmt: skip
+    if not any(s > 0 for s in profile["intensity_std"]):
+        out.append("no intensity variation inside the foreground: an empty volume?")
+    return out
+
+
+def data_profile(records: Sequence[PreprocessRecord | Mapping[str, Any]]) -> dict[str, Any]:
+    """What a model's training data looked like, from their preprocessing records; stored in a
+    checkpoint as ``data_profile`` so that ``predict`` can warn about inputs far from it
+    (:func:`transmed.inference.provenance.profile_warnings`).
+
+    Returns ``{"cases", "skull_stripped_fraction", "max_slice_mm", "spacing_mm" [min, max],
+    "foreground_ml" [5th, 95th percentile]}``.
+    """
+    recs = [r if isinstance(r, PreprocessRecord) else PreprocessRecord.from_dict(r)
+            for r in records]  # fmt: skip
+    if not recs:
+        raise ValueError("data_profile needs at least one preprocessing record")
+    stripped, slices, spacings, volumes = [], [], [], []
+    for r in recs:
+        stripped.append(r.foreground in ("nonzero", "brain"))
+        original = np.linalg.norm(np.asarray(r.original_affine)[:3, :3], axis=0)
+        slices.append(float(original.max()))
+        spacings.extend(float(s) for s in r.spacing)
+        ml = (r.extra.get("input_profile") or {}).get("foreground_ml")
+        if ml is not None:  # records written before the profile existed have none
+            volumes.append(float(ml))
+    out: dict[str, Any] = {
+        "cases": len(recs),
+        "skull_stripped_fraction": round(float(np.mean(stripped)), 4),
+        "max_slice_mm": round(max(slices), 3),
+        "spacing_mm": [round(min(spacings), 3), round(max(spacings), 3)],
+    }
+    if volumes:
+        out["foreground_ml"] = [round(float(np.percentile(volumes, 5)), 1),
+                                round(float(np.percentile(volumes, 95)), 1)]  # fmt: skip
+    return out
 
 
 def _network_to_ras_matrix(record: PreprocessRecord) -> np.ndarray:

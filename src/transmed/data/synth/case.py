@@ -26,14 +26,28 @@ from transmed.data.synth.anatomy import (
     output_grid,
     sample_points,
 )
-from transmed.data.synth.contrast import MODALITY_ORDER, coarse_fields, sample_contrast, synthesise
+from transmed.data.synth.contrast import (
+    MODALITY_ORDER,
+    bright_fraction,
+    coarse_fields,
+    sample_contrast,
+    synthesise,
+)
 from transmed.data.synth.deformation import (
     MassEffect,
     apply_mass_effect,
     sample_deformation,
     sampling_field,
 )
-from transmed.data.synth.tumour import ED, ET, NCR, build_box, evaluate_tumour, sample_tumours
+from transmed.data.synth.tumour import (
+    ED,
+    ET,
+    NCR,
+    build_box,
+    evaluate_tumour,
+    sample_tumours,
+    sample_tumours_varied,
+)
 
 #: Largest case index that fits the five-digit BraTS 2021 id.
 MAX_INDEX = 99_999
@@ -45,8 +59,15 @@ class SynthConfig:
 
     tumour_free_prob: float = 0.07  # fraction of cases with no tumour at all
     multifocal_prob: float = 0.12  # fraction with 2-3 foci (the first focus is never small)
+    # "cohort": the BraTS-like mix of `transmed data synth`; "varied": the generator's wider
+    # mix (non-enhancing tumours, 3-30 mm cores, cortical foci, no to extensive oedema)
+    tumour_style: str = "cohort"
 
     def __post_init__(self) -> None:
+        if self.tumour_style not in ("cohort", "varied"):
+            raise ValueError(
+                f"SynthConfig.tumour_style must be 'cohort' or 'varied', got {self.tumour_style!r}"
+            )
         for name in ("tumour_free_prob", "multifocal_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -67,6 +88,16 @@ class SynthCase:
     # (D, H, W) uint8, in memory only (QA, tests): 1 CSF, 2 GM, 3 WM where that class has a
     # fraction >= 0.6 outside the tumour labels, else 0
     tissue: np.ndarray
+    # (D, H, W) uint8 fine classes for the domain-randomised generator (FINE_CLASSES), every
+    # brain voxel labelled (argmax tissue, tumour compartments, bright normal structures)
+    fine: np.ndarray | None = None
+
+
+#: Fine classes of :attr:`SynthCase.fine` (0 = outside the brain).
+FINE_CLASSES: tuple[str, ...] = (
+    "background", "csf", "gm", "wm", "necrosis", "nonenhancing", "enhancing", "oedema",
+    "bright", "wmh",
+)  # fmt: skip
 
 
 def case_id(index: int) -> str:
@@ -118,14 +149,25 @@ def generate_case(
     q = field.reshape(-1, 3)
     gm_c, wm_c, mask_c, depth_c, _ = sample_points(template.data, q @ inv[:3, :3].T + inv[:3, 3])
     cerebrum = (q[:, 2] > -20.0) | ((q[:, 1] > -40.0) & (q[:, 2] > -40.0))  # no cerebellum
-    allowed = (wm_c > 0.4) & (mask_c > 0.5) & (depth_c > 6.0) & cerebrum
-    tumours = sample_tumours(
-        rng_tum,
-        grid.coarse_world().reshape(-1, 3)[allowed],
-        depth_c[allowed],
-        tumour_free_prob=config.tumour_free_prob,
-        multifocal_prob=config.multifocal_prob,
-    )
+    if config.tumour_style == "varied":
+        allowed = (mask_c > 0.5) & (depth_c > 3.0) & cerebrum & ((wm_c > 0.3) | (gm_c > 0.4))
+        tumours = sample_tumours_varied(
+            rng_tum,
+            grid.coarse_world().reshape(-1, 3)[allowed],
+            depth_c[allowed],
+            (gm_c[allowed] > 0.3) | (depth_c[allowed] < 12.0),
+            tumour_free_prob=config.tumour_free_prob,
+            multifocal_prob=config.multifocal_prob,
+        )
+    else:
+        allowed = (wm_c > 0.4) & (mask_c > 0.5) & (depth_c > 6.0) & cerebrum
+        tumours = sample_tumours(
+            rng_tum,
+            grid.coarse_world().reshape(-1, 3)[allowed],
+            depth_c[allowed],
+            tumour_free_prob=config.tumour_free_prob,
+            multifocal_prob=config.multifocal_prob,
+        )
     effects = [MassEffect(t.centre_mm, t.mass_effect, t.mass_reach_mm) for t in tumours]
     field = apply_mass_effect(field, grid, effects, damping=depth_c / 15.0)
     field_vox = np.moveaxis(field @ inv[:3, :3].T + inv[:3, 3], -1, 0).astype(np.float32)
@@ -162,7 +204,8 @@ def generate_case(
     csf = np.clip(anatomy[2] - anatomy[0] - anatomy[1], 0.0, 1.0) / total
     n = len(flat)
     label = np.zeros(n, dtype=np.uint8)
-    frac = {k: np.zeros(n, dtype=np.float32) for k in ("ncr", "et", "ed", "ed_strength", "het")}
+    keys = ("ncr", "et", "ed", "ed_strength", "het", "nec")
+    frac = {k: np.zeros(n, dtype=np.float32) for k in keys}
     box_step = max(3.0, min(grid.spacing))
     for t in tumours:
         box = build_box(t, rng_tum, anatomy_at, box_step)
@@ -173,7 +216,7 @@ def generate_case(
         label[sel] = np.where(old_core, old, np.where(new_core, new, np.maximum(old, new)))
         touched = (res["ncr"] + res["et"] + res["ed"]) > 0
         frac["het"][sel[touched]] = res["het"][touched]
-        for k in ("ncr", "et", "ed", "ed_strength"):
+        for k in ("ncr", "et", "ed", "ed_strength", "nec"):
             frac[k][sel] = np.maximum(frac[k][sel], res[k])
     core = frac["ncr"] + frac["et"]
     over = core > 1.0
@@ -196,6 +239,8 @@ def generate_case(
     dominant[(fractions.max(axis=0) < 0.6) | (label > 0)] = 0
     tissue = np.zeros(size, dtype=np.uint8)
     tissue[flat] = dominant
+    fine = np.zeros(size, dtype=np.uint8)
+    fine[flat] = _fine_labels(contrast, anatomy, fields, fractions, label, frac["nec"])
 
     params = {
         "generator": "transmed.data.synth",
@@ -220,5 +265,29 @@ def generate_case(
         "label_volumes_voxels": _label_volumes(label),
     }
     return SynthCase(
-        case_id(index), images, seg, grid.affine.copy(), params, tissue.reshape(grid.shape)
-    )
+        case_id(index), images, seg, grid.affine.copy(), params, tissue.reshape(grid.shape),
+        fine.reshape(grid.shape),
+    )  # fmt: skip
+
+
+def _fine_labels(
+    contrast, anatomy: np.ndarray, fields: np.ndarray, fractions: np.ndarray,
+    label: np.ndarray, nec: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """:data:`FINE_CLASSES` at the brain voxels: argmax CSF/GM/WM, then bright normal
+    structures (vessels, dura rim, choroid plexus) and white-matter/periventricular
+    hyperintensities, then the tumour compartments on top (necrosis vs. solid non-enhancing
+    tumour split by the necrotic fraction)."""
+    out = (np.argmax(fractions, axis=0) + 1).astype(np.uint8)  # 1 csf, 2 gm, 3 wm
+    csf = fractions[0]
+    _, wm_raw, _, depth, pv = anatomy
+    wmh = np.clip((fields[5] - contrast.wmh_threshold) / 0.4, 0.0, 1.0) * fractions[2]
+    hyper = (1.0 - csf) * (contrast.periventricular / 0.7) * np.clip(pv, 0.0, 0.7) + 0.6 * wmh
+    out[hyper > 0.25] = 9
+    out[bright_fraction(contrast, csf, depth, pv, fields) > 0.5] = 8
+    out[label == ED] = 7
+    out[label == ET] = 6
+    core = label == NCR
+    out[core & (nec >= 0.5)] = 4
+    out[core & (nec < 0.5)] = 5
+    return out

@@ -9,11 +9,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from transmed.data.synth.anatomy import Template, load_template, output_grid, preload_template
 from transmed.data.synth.case import MAX_INDEX, SynthConfig, generate_case
 from transmed.data.synth.io import plan_folders, write_case
+from transmed.progress import progress_bar
 
 #: With ``workers=None``, use processes only when the cohort has at least this many voxels.
 PARALLEL_MIN_VOXELS = 3 * 240 * 240 * 155
@@ -75,7 +75,7 @@ def generate_cohort(
         big = len(todo) * int(np.prod(grid.shape)) >= PARALLEL_MIN_VOXELS
         workers = (os.cpu_count() or 1) if big else 1
     n_workers = min(workers, max(len(todo), 1))
-    bar = tqdm(total=len(todo), desc="synth", unit="case", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="synth", unit="case", disable=not progress)
     with bar:
         if n_workers == 1:
             for i in todo:

@@ -122,6 +122,80 @@ def sample_tumours(
     return tumours
 
 
+def sample_tumours_varied(
+    rng: np.random.Generator,
+    candidates_mm: np.ndarray,
+    depth_mm: np.ndarray,
+    cortical: np.ndarray,
+    *,
+    tumour_free_prob: float,
+    multifocal_prob: float,
+) -> list[TumourParams]:
+    """A wider tumour mix than :func:`sample_tumours`, for the domain-randomised generator.
+
+    - size: core radius log-uniform in 3-30 mm (≈ 0.1-113 ml of core, more with oedema);
+    - type: ring-enhancing with necrosis (glioblastoma-like, ≥ 7 mm), solid enhancing, and
+      non-enhancing lower-grade tumours with no enhancing tumour at all (25 %);
+    - location: deep white matter or, for 30 % of foci, cortical/subcortical (``cortical``);
+    - oedema: none (15 %: a 0.5 mm reach, inside the core) to extensive (reach up to 40 mm).
+
+    Args:
+        candidates_mm: (N, 3) subject world points allowed as centres.
+        depth_mm: (N,) their distance to the brain surface.
+        cortical: (N,) bool, points in or next to the cortex.
+    """
+    u = rng.uniform()
+    if u < tumour_free_prob or len(candidates_mm) == 0:
+        return []
+    count = int(rng.integers(2, 4)) if u < tumour_free_prob + multifocal_prob else 1
+    tumours: list[TumourParams] = []
+    for focus in range(count):
+        radius = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0 if focus == 0 else 12.0))))
+        kind = rng.choice(["ring", "solid", "nonenhancing"], p=[0.55, 0.2, 0.25])
+        if kind == "ring" and radius < 7.0:
+            kind = "solid"
+        want_cortical = rng.uniform() < 0.3 and cortical.any()
+        ok = (depth_mm > min(0.6 * radius + 2.0, np.quantile(depth_mm, 0.9))) & (
+            cortical if want_cortical else ~cortical
+        )
+        if not ok.any():
+            ok = depth_mm > min(0.6 * radius + 2.0, np.quantile(depth_mm, 0.9))
+        if focus > 0 and rng.uniform() < 0.6:  # satellite near the first focus
+            dist = np.linalg.norm(candidates_mm - np.asarray(tumours[0].centre_mm), axis=1)
+            near = ok & (dist > 12.0) & (dist < 45.0)
+            ok = near if near.any() else ok
+        centre = candidates_mm[rng.choice(np.flatnonzero(ok))] + rng.uniform(-2.0, 2.0, 3)
+        if kind == "ring":
+            necrosis = float(np.clip(1 - rng.uniform(2.0, 8.0) / radius, 0.2, 0.85))
+        elif kind == "nonenhancing" and radius >= 10.0 and rng.uniform() < 0.2:
+            necrosis = float(rng.uniform(0.2, 0.5))  # cystic part of a lower-grade tumour
+        else:
+            necrosis = 0.0
+        oedema = 0.5 if rng.uniform() < 0.15 else float(
+            min(rng.uniform(0.0, 1.5) * radius + rng.uniform(0.0, 15.0), 40.0)
+        )
+        if kind == "nonenhancing":
+            oedema = min(oedema, float(rng.uniform(0.0, 0.5) * radius + 2.0))
+        tumours.append(
+            TumourParams(
+                centre_mm=tuple(float(v) for v in centre),  # type: ignore[arg-type]
+                radius_mm=radius,
+                axes=tuple(float(v) for v in rng.uniform(0.7, 1.3, 3)),  # type: ignore[arg-type]
+                rotation_deg=tuple(float(v) for v in rng.uniform(-90, 90, 3)),  # type: ignore[arg-type]
+                shape_noise=float(rng.uniform(0.1, 0.35)),
+                shape_noise_mm=float(rng.uniform(0.25, 0.5) * max(radius, 6.0)),
+                necrosis_ratio=necrosis,
+                enhancing=kind != "nonenhancing",
+                patchiness=float(rng.uniform(0.3, 3.0)),
+                oedema_mm=oedema,
+                oedema_noise=float(rng.uniform(0.15, 0.35)),
+                mass_effect=float(rng.uniform(0.1, 0.45) * min(1.0, radius / 15.0)),
+                mass_reach_mm=float(radius * 1.5 + 5.0),
+            )
+        )
+    return tumours
+
+
 @dataclass
 class TumourBox:
     """Node fields of one tumour: ``fields[c]`` on nodes ``origin + h * index`` (world mm)."""
@@ -226,7 +300,8 @@ def evaluate_tumour(
     Returns:
         ``label`` (N,) uint8 in {0, 1, 2, 4}; fractions ``ncr``, ``et``, ``ed`` (N,) in [0, 1]
         with a linear partial-volume ramp of width ``pv_width_mm`` across each boundary;
-        ``ed_strength`` (oedema fades from 1 at the core to ~0 at its edge); ``het`` (texture).
+        ``ed_strength`` (oedema fades from 1 at the core to ~0 at its edge); ``het`` (texture);
+        ``nec`` the necrotic fraction (within the core: necrosis as opposed to solid tumour).
     """
     origin = box.origin_mm.astype(np.float32)
     f = sample_points(box.fields, (points_mm - origin) / np.float32(box.step_mm), border=True)
@@ -255,4 +330,5 @@ def evaluate_tumour(
         "ed": ((1.0 - f_tc) * _ramp(s_ed, pv_width_mm)).astype(np.float32),
         "ed_strength": np.clip(1.0 - geo / np.maximum(reach, 1e-3), 0.0, 1.0).astype(np.float32),
         "het": n_het.astype(np.float32),
+        "nec": f_nec.astype(np.float32),
     }

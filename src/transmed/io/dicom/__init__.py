@@ -10,7 +10,8 @@ patient identifier):
    SeriesDescription, ProtocolName and sequence attributes (configurable from YAML or a dict).
 3. :class:`DicomSeries`: header consistency checks (matrix, spacing, orientation, slice
    positions, pixel format, transfer syntax, voxel cap) before any pixel is read; then
-   :meth:`DicomSeries.volume` reads the pixels and applies the rescale slope / intercept.
+   :meth:`DicomSeries.volume` reads the pixels, applies the rescale slope / intercept and
+   inverts a MONOCHROME1 series (so higher always means more signal before normalisation).
 4. :func:`load_study`: one study, one series per modality, the choice among duplicates recorded.
 
 Voxel order and affine (the SEG writer and the service rely on it): ``Volume.data[i, j, k]``
@@ -29,6 +30,8 @@ Modules, one per concept (import from this package; the names below are its inte
 - :mod:`.frames`: :class:`FrameRef`, per-frame geometry and the consistency checks of stage 3.
 - :mod:`.series`: stage 3, :class:`DicomSeries` and its pixel reading.
 - :mod:`.study`: stage 4, :class:`DicomStudy`, :func:`load_study`.
+- :mod:`.seg`: the output side, DICOM SEG writing and reading with highdicom (imported on its
+  own, ``from transmed.io.dicom.seg import build_seg``, so readers do not load highdicom).
 """
 
 from transmed.io.dicom.errors import DicomError, is_valid_uid, study_log_key

@@ -7,11 +7,15 @@ patient identifier; :func:`_show` prints paths relative to the scanned folder fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
@@ -19,6 +23,30 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 class DicomError(ValueError):
     """A DICOM file, series or study that cannot be used; the message names the file or series
     and the problem, never a patient identifier."""
+
+
+#: What interpreting a hostile header value raises besides DicomError: a multi-valued Rows, text
+#: in an IS, an integer where a sequence item belongs, a value pydicom cannot decode lazily.
+_MALFORMED = (TypeError, ValueError, AttributeError, LookupError, ArithmeticError,
+              NotImplementedError, struct.error, BytesLengthException)  # fmt: skip
+
+
+@contextlib.contextmanager
+def malformed_header(where: str) -> Iterator[None]:
+    """Turn the errors a malformed header value raises while it is interpreted into a
+    :class:`DicomError` naming ``where`` (the type only: a value may identify the patient).
+
+    Found by the DICOM fuzzer (``transmed.bench.dicom_fuzz``); programming errors such as a
+    NameError still surface.
+    """
+    try:
+        yield
+    except DicomError:
+        raise
+    except _MALFORMED as exc:
+        raise DicomError(
+            f"{where}: malformed or undecodable header value ({type(exc).__name__})"
+        ) from None
 
 
 def is_valid_uid(value: object) -> bool:

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from transmed.io.dicom.errors import DicomError, _show, is_valid_uid
+from transmed.io.dicom.errors import DicomError, _show, is_valid_uid, malformed_header
 from transmed.io.dicom.series import DicomSeries
 
 #: The package's logger, named as before the split, so logging set up for it keeps working.
@@ -77,7 +77,8 @@ class ScanResult:
             raise DicomError(f"series {series_uid}: not found in the scanned folder")
         if series_uid in self.problems:
             raise DicomError(f"series ({series_uid}), {self.problems[series_uid]}")
-        return DicomSeries.from_headers(self.series[series_uid], root=self.root)
+        with malformed_header(f"series ({series_uid})"):
+            return DicomSeries.from_headers(self.series[series_uid], root=self.root)
 
 
 def _sequence_depth(ds: Dataset, cap: int) -> int:

@@ -12,10 +12,17 @@ normal IOP[:3] × IOP[3:]; the origin is ImagePositionPatient of slice k = 0; th
 turned into RAS+ by diag(-1, -1, 1, 1). So a slice's pixel array ``(rows, columns)`` is
 ``data[:, :, k].T``. This keeps the scanner's own voxel grid (no resampling, no reorientation):
 a SEG frame is exactly a source slice, and preprocessing reorients to RAS where it needs to.
+
+MONOCHROME1 (the lowest value is shown white) is inverted when the pixels are read, so that,
+as for MONOCHROME2, a higher value always means more signal before any normalisation: the
+rescaled values v of the whole series become ``min(v) + max(v) - v`` (the same range, the
+darkest voxel at the series minimum). A series that mixes MONOCHROME1 and MONOCHROME2 is
+refused.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +32,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from transmed.io.dicom.errors import DicomError, _show
+from transmed.io.dicom.errors import DicomError, _show, malformed_header
 from transmed.io.dicom.frames import (
     FrameRef,
     _check_consistency,
@@ -34,6 +41,8 @@ from transmed.io.dicom.frames import (
     _stack,
 )
 from transmed.io.nifti import DEFAULT_MAX_VOXELS, Volume
+
+log = logging.getLogger("transmed.io.dicom")
 
 #: RAS <-> LPS (the matrix is its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -67,6 +76,7 @@ class DicomSeries:
     series_number: int | None = None
     frame_of_reference_uid: str | None = None
     root: Path | None = None
+    photometric: str = "MONOCHROME2"  # MONOCHROME1 is inverted by :meth:`volume`
 
     @property
     def is_multiframe(self) -> bool:
@@ -76,6 +86,11 @@ class DicomSeries:
     def lps_affine(self) -> np.ndarray:
         """(4, 4) voxel (i, j, k) -> LPS mm (DICOM patient coordinates)."""
         return LPS_TO_RAS @ self.affine
+
+    @property
+    def inverted(self) -> bool:
+        """True when :meth:`volume` inverts the intensities (a MONOCHROME1 series)."""
+        return self.photometric == "MONOCHROME1"
 
     @property
     def n_voxels(self) -> int:
@@ -121,6 +136,12 @@ class DicomSeries:
         if multiframe and len(items) > 1:
             raise DicomError(f"{label}: mixes {len(items)} files with multi-frame images")
         frames, geometries, dims = _collect_frames(items, label, root, multiframe)
+        photometric = {str(ds.get("PhotometricInterpretation", "MONOCHROME2")) for _, ds in items}
+        if len(photometric) != 1:
+            raise DicomError(
+                f"{label}: mixes PhotometricInterpretation {sorted(photometric)} (an inverted "
+                "grey scale in some slices only); export the series with one of them"
+            )
         row_dir, col_dir, g0 = _check_consistency(geometries, dims, label)
         stack, step = _stack(frames, g0.orientation, label)
         row_step, col_step = g0.pixel_spacing  # DICOM order: [between rows, between columns]
@@ -148,6 +169,7 @@ class DicomSeries:
             series_number=int(number) if number is not None else None,
             frame_of_reference_uid=str(frame_uid) if frame_uid else None,
             root=root,
+            photometric=photometric.pop(),
         )
 
     def check_size(self, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
@@ -161,7 +183,8 @@ class DicomSeries:
     def volume(self, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
         """Read the pixels into a float32 :class:`Volume` ``(ni, nj, nk)`` with the RAS affine.
 
-        Stored values are rescaled by each frame's RescaleSlope / RescaleIntercept.
+        Stored values are rescaled by each frame's RescaleSlope / RescaleIntercept; a
+        MONOCHROME1 series is then inverted within its own range (see the module docstring).
 
         Raises:
             DicomError: too many voxels (checked first), a file that is missing, truncated,
@@ -175,10 +198,14 @@ class DicomSeries:
         for k, frame in enumerate(self.frames):
             by_file.setdefault(frame.path, []).append((k, frame))
         for path, entries in by_file.items():
-            pixels = self._read_pixels(path, entries[0][1].sop_instance_uid)  # (frames, nj, ni)
+            with malformed_header(f"{self.label}, {_show(path, self.root)}"):
+                pixels = self._read_pixels(path, entries[0][1].sop_instance_uid)  # (frames, nj, ni)
             for k, frame in entries:
                 plane = pixels[frame.frame if frame.frame is not None else 0]
                 data[:, :, k] = plane.T.astype(np.float32) * frame.slope + frame.intercept
+        if self.inverted:  # before any normalisation: higher must mean more signal
+            log.info("%s: MONOCHROME1, intensities inverted", self.label)
+            data = np.subtract(data.min() + data.max(), data, out=data)
         return Volume(data=data, affine=self.affine.copy(), path=None)
 
     def _read_pixels(self, path: Path, sop_uid: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from transmed.data.labels import MODALITIES
-from transmed.io.dicom.errors import DicomError, is_valid_uid
+from transmed.io.dicom.errors import DicomError, is_valid_uid, malformed_header
 from transmed.io.dicom.rules import ModalityRules
 from transmed.io.dicom.scan import (
     DEFAULT_MAX_FILE_BYTES,
@@ -141,8 +141,9 @@ def load_study(
     for series_uid, items in sorted(scan.series.items()):
         if str(items[0][1].StudyInstanceUID) != uid:
             continue
-        modality = rules.classify(items[0][1])
-        desc = str(items[0][1].get("SeriesDescription") or "")
+        with malformed_header(f"{name}: series ({series_uid})"):
+            modality = rules.classify(items[0][1])
+            desc = str(items[0][1].get("SeriesDescription") or "")
         if modality is None:
             unmatched.append((series_uid, desc))
         else:
@@ -152,7 +153,8 @@ def load_study(
     for modality in MODALITIES:
         if modality not in candidates:
             continue
-        ranked = sorted(candidates[modality], key=lambda c: (_rank(c[1]), c[0]), reverse=True)
+        with malformed_header(f"{name}: {modality} series"):
+            ranked = sorted(candidates[modality], key=lambda c: (_rank(c[1]), c[0]), reverse=True)
         choice = SeriesChoice(modality, "", [u for u, _ in ranked])
         errors: list[DicomError] = []
         for series_uid, _items in ranked:

@@ -1,0 +1,75 @@
+"""Federation settings: one validated model, read from JSON or YAML like ``TrainConfig``.
+
+The ``train`` block is a plain :class:`~transmed.training.config.TrainConfig` (model, patch,
+batch, learning rate, augmentation): every site trains with TransMed's own trainer, and one
+round is ``local_epochs`` of its epochs (``iters_per_epoch`` steps each).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from transmed.federated.privacy import DPSettings
+from transmed.training.config import ConfigError, TrainConfig
+
+
+class FederatedConfig(BaseModel):
+    """Everything a federation needs besides the sites' data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    rounds: int = Field(10, ge=1)
+    local_epochs: int = Field(1, ge=1)  # trainer epochs per site per round
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0.0)  # FedProx μ (Li et al. 2020)
+    min_clients: int = Field(2, ge=1)  # sites needed to start a round
+    fraction_fit: float = Field(1.0, gt=0.0, le=1.0)
+    round_timeout_s: float | None = Field(None, gt=0.0)  # a site slower than this is dropped
+    dp: DPSettings | None = None  # DP-SGD at every site (simulate); a real site sets its own
+
+    def steps_per_round(self) -> int:
+        return self.local_epochs * self.train.iters_per_epoch
+
+    def round_lr(self, server_round: int) -> float:
+        """Peak learning rate of a round: poly decay over rounds (the trainer decays within)."""
+        progress = (server_round - 1) / self.rounds
+        return float(self.train.lr * (1.0 - progress) ** 0.9)
+
+
+def load_federated_config(path: str | Path | None = None, **overrides: Any) -> FederatedConfig:
+    """Read a JSON/YAML federation config, apply ``overrides`` (``None`` ignored; a ``train``
+    override dict is merged key by key)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            text = path.read_text()
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise ConfigError(f"{path}: cannot parse ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+    train = dict(data.get("train") or {})
+    train.update({k: v for k, v in (overrides.pop("train", None) or {}).items() if v is not None})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data["train"] = train
+    try:
+        return FederatedConfig(**data)
+    except ValidationError as exc:
+        msgs = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}invalid federation config: {msgs}") from None

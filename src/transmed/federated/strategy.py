@@ -1,0 +1,229 @@
+"""The server's strategy: Flower's FedAvg / FedProx, guarded, checkpointed and resumable.
+
+Flower does the sampling and the weighted averaging (``flwr.server.strategy.FedAvg``,
+``FedProx``). On top, each round:
+
+- the fit instructions carry the round's learning rate, the model fingerprint and config (a
+  site with another model refuses), and a fresh nonce (a site with the token signs it);
+- a result is left out, with the reason logged, when its fingerprint differs, its
+  authentication tag is missing or wrong (when a token is set), its weights are not finite or
+  do not have the global model's shapes, or its case count is not positive; a site that
+  dropped out (a failure) is logged; the round goes on with the rest, and when nothing usable
+  is left the global model is kept as it was;
+- the new global model is written atomically to ``OUT/checkpoints/global.pt`` (a complete
+  TransMed checkpoint: ``transmed predict -m OUT/checkpoints/global.pt`` works), and the
+  round's record to ``OUT/rounds.json``; a restarted server resumes from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.strategy import FedAvg, FedProx
+
+from transmed.federated.config import FederatedConfig
+from transmed.federated.params import (
+    all_finite,
+    check_signature,
+    get_weights,
+    model_fingerprint,
+    state_from_weights,
+)
+from transmed.training.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger("transmed.federated")
+
+EvalFn = Callable[[list[np.ndarray]], dict[str, float]]
+
+
+class FederationState:
+    """The server's books: the model, the rounds done, their records, and the files."""
+
+    def __init__(self, config: FederatedConfig, out_dir: Path) -> None:
+        from transmed.models import create_model
+
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.ckpt = self.out_dir / "checkpoints" / "global.pt"
+        kwargs = dict(config.train.model_kwargs)
+        if config.train.deep_supervision:
+            kwargs["deep_supervision"] = True
+        import torch
+
+        torch.manual_seed(config.train.seed)
+        self.model = create_model(config.train.model, **kwargs)
+        self.fingerprint = model_fingerprint(self.model)
+        self.rounds_done = 0
+        self.records: list[dict[str, Any]] = []
+
+    def resume(self) -> bool:
+        """Load ``global.pt`` and ``rounds.json`` if present; True when resumed."""
+        from transmed.training.config import ConfigError
+
+        if not self.ckpt.is_file():
+            return False
+        ckpt = load_checkpoint(self.ckpt)
+        if ckpt.get("federation", {}).get("train") != self.config.train.model_dump(mode="json"):
+            raise ConfigError(
+                f"{self.ckpt}: was written by a federation with another training config; "
+                "resume with the same config or choose another --out"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.rounds_done = int(ckpt.get("round", 0))
+        rec = self.out_dir / "rounds.json"
+        if rec.is_file():
+            done = self.rounds_done
+            self.records = [r for r in json.loads(rec.read_text()) if r["round"] <= done]
+        log.info("resuming after round %d from %s", self.rounds_done, self.ckpt)
+        return True
+
+    def save(self, server_round: int, weights: list[np.ndarray]) -> None:
+        from transmed.io.atomic import atomic_write_text
+        from transmed.transforms.preprocess import PreprocessConfig
+
+        self.model.load_state_dict(state_from_weights(self.model, weights))
+        self.rounds_done = server_round
+        save_checkpoint(self.ckpt, {
+            "model": self.model.state_dict(), "model_config": self.model.config,
+            "train_config": self.config.train.model_dump(mode="json"),
+            # every site preprocesses with TransMed's defaults (load_site_data)
+            "preprocess_config": asdict(PreprocessConfig()),
+            "federation": self.config.model_dump(mode="json"), "round": server_round,
+        })  # fmt: skip
+        atomic_write_text(self.out_dir / "rounds.json",
+                          json.dumps(self.records, indent=1, default=_jsonable) + "\n")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return str(v)
+
+
+def _reject_reason(res: Any, state: FederationState, nonce: str, token: str | None,
+                   shapes: list[tuple[int, ...]]) -> str | None:  # fmt: skip
+    m = res.metrics or {}
+    if str(m.get("fingerprint", "")) != state.fingerprint:
+        return "model fingerprint differs from the server's"
+    if token is not None and not check_signature(token, nonce, state.fingerprint,
+                                                 str(m.get("auth", ""))):  # fmt: skip
+        return "authentication failed (missing or wrong token)"
+    if res.num_examples <= 0:
+        return f"reported {res.num_examples} training cases"
+    weights = parameters_to_ndarrays(res.parameters)
+    if [tuple(w.shape) for w in weights] != shapes:
+        return "weights do not have the global model's shapes"
+    if not all_finite(weights):
+        return "non-finite weights (NaN/inf)"
+    return None
+
+
+def make_strategy(config: FederatedConfig, state: FederationState, *, token: str | None = None,
+                  evaluate: EvalFn | None = None, min_clients: int | None = None,
+                  ) -> Any:  # fmt: skip
+    """A Flower strategy (FedAvg or FedProx) with the guards and books described above."""
+    base = FedProx if config.strategy == "fedprox" else FedAvg
+    offset = state.rounds_done
+    n_min = min_clients or config.min_clients
+
+    class TransMedStrategy(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            kwargs: dict[str, Any] = dict(
+                fraction_fit=config.fraction_fit, fraction_evaluate=0.0,
+                min_fit_clients=n_min, min_available_clients=n_min,
+                min_evaluate_clients=n_min, accept_failures=True,
+                initial_parameters=ndarrays_to_parameters(get_weights(state.model)),
+                evaluate_fn=self._evaluate if evaluate is not None else None,
+            )  # fmt: skip
+            if base is FedProx:
+                kwargs["proximal_mu"] = config.proximal_mu
+            super().__init__(**kwargs)
+            self.nonces: dict[int, str] = {}
+            self.sampled: dict[int, list[str]] = {}
+            self.record: dict[str, Any] = {}
+
+        def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any,
+                          ) -> list[tuple[Any, FitIns]]:  # fmt: skip
+            r = server_round + offset
+            nonce = secrets.token_hex(16)
+            self.nonces[server_round] = nonce
+            extra = {"round": r, "rounds": config.rounds, "lr": config.round_lr(r),
+                     "fingerprint": state.fingerprint,
+                     "model_config": json.dumps(state.model.config, default=str),
+                     "nonce": nonce}  # fmt: skip
+            self.record = {"round": r, "t_start": time.time()}
+            pairs = super().configure_fit(server_round, parameters, client_manager)
+            self.sampled[server_round] = [c.cid for c, _ in pairs]
+            return [(c, FitIns(ins.parameters, {**ins.config, **extra})) for c, ins in pairs]
+
+        def aggregate_fit(self, server_round: int, results: list, failures: list,
+                          ) -> tuple[Parameters | None, dict[str, Any]]:  # fmt: skip
+            r = server_round + offset
+            shapes = [tuple(w.shape) for w in get_weights(state.model)]
+            nonce = self.nonces.get(server_round, "")
+            good, rejected = [], []
+            for proxy, res in results:
+                reason = _reject_reason(res, state, nonce, token, shapes)
+                if reason:
+                    log.warning("round %d: update from site %s left out: %s", r, proxy.cid, reason)
+                    rejected.append({"site": proxy.cid, "reason": reason})
+                else:
+                    good.append((proxy, res))
+            # a failure is an exception (connection lost, site error) or a failed result;
+            # exceptions do not name the site, so name the sampled sites that did not answer
+            answered = {p.cid for p, _ in results}
+            named = [f[0].cid for f in failures if isinstance(f, tuple)]
+            missing = [c for c in self.sampled.get(server_round, []) if c not in answered]
+            whys = [repr(f) for f in failures if isinstance(f, BaseException)]
+            silent = [c for c in missing if c not in named]
+            for i, who in enumerate(named + silent):
+                why = "failed result" if i < len(named) else (
+                    whys[i - len(named)] if len(whys) == len(silent) else "; ".join(whys))
+                log.warning("round %d: site %s dropped out (%s); going on without it", r, who, why)
+                rejected.append({"site": who, "reason": f"dropped out: {why}"[:300]})
+            self.record.update({
+                "sites": sorted(p.cid for p, _ in good), "left_out": rejected,
+                "site_metrics": {p.cid: {k: v for k, v in res.metrics.items()
+                                         if k not in ("auth", "fingerprint")}
+                                 for p, res in good},
+            })  # fmt: skip
+            if not good:
+                log.warning("round %d: no usable update; the global model is kept", r)
+                params = ndarrays_to_parameters(get_weights(state.model))
+                metrics: dict[str, Any] = {}
+            else:
+                params, metrics = super().aggregate_fit(server_round, good, [])
+            weights = parameters_to_ndarrays(params)
+            if not all_finite(weights):  # cannot happen with finite inputs; never save it
+                log.error("round %d: aggregate not finite; the global model is kept", r)
+                weights = get_weights(state.model)
+                params = ndarrays_to_parameters(weights)
+            self.record["t_end"] = time.time()
+            state.records.append(self.record)
+            state.save(r, weights)
+            return params, metrics
+
+        def evaluate(self, server_round: int, parameters: Parameters,
+                     ) -> tuple[float, dict[str, Any]] | None:  # fmt: skip
+            out = super().evaluate(server_round, parameters)
+            if out is not None and server_round > 0 and state.records:
+                state.records[-1]["eval"] = out[1]
+                state.save(state.rounds_done, get_weights(state.model))
+            return out
+
+        def _evaluate(self, server_round: int, ndarrays: list[np.ndarray],
+                      cfg: dict[str, Any]) -> tuple[float, dict[str, Any]]:  # fmt: skip
+            assert evaluate is not None
+            scores = evaluate(ndarrays)
+            return 1.0 - float(scores.get("dice_mean", 0.0)), scores
+
+    return TransMedStrategy()

@@ -1,0 +1,231 @@
+"""The viewer's HTTP side (Starlette): a token on every request, files only by case and key.
+
+No route takes a file path: a URL names a case id from :func:`~transmed.viewer.sources.catalogue`
+and a modality from a fixed list, and every file behind them was checked to resolve inside the
+viewed folder (or ``--images``) when the catalogue was made, and again when it is read. Static
+files come from the package's own ``static/`` folder through Starlette's ``StaticFiles`` (which
+refuses paths leading out of it). The token arrives once in the printed URL's query, then as an
+``HttpOnly``, ``SameSite=Strict`` cookie; requests without it get 403, static files included.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from transmed.data.labels import MODALITIES
+from transmed.viewer import saving
+from transmed.viewer.sources import Catalogue, ViewerError, inside
+from transmed.viewer.volumes import LoadedCase, image_nifti, labels_nifti, load
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+COOKIE = "transmed_view_token"
+#: Cases kept in memory at once: the server's memory stays bounded for any number of cases.
+CACHE_CASES = 2
+
+
+class TokenMiddleware:
+    """403 unless the request carries the token (query ``token``, cookie, or header)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        given = (
+            request.query_params.get("token")
+            or request.cookies.get(COOKIE)
+            or request.headers.get("x-transmed-token")
+            or ""
+        )
+        if not secrets.compare_digest(given.encode(), self.token.encode()):
+            await PlainTextResponse("forbidden: missing or wrong token", 403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class Viewer:
+    """The catalogue, the cases in memory (LRU of :data:`CACHE_CASES`), one lock per case."""
+
+    def __init__(self, cat: Catalogue, *, send_outbox: Any = None) -> None:
+        self.cat = cat
+        self.send_outbox = send_outbox  # an OutboxSender for the node's destination, or None
+        self._cache: OrderedDict[str, LoadedCase] = OrderedDict()
+        self._lock = threading.Lock()
+        self._case_locks: dict[str, threading.Lock] = {}
+
+    def case_lock(self, case_id: str) -> threading.Lock:
+        with self._lock:
+            return self._case_locks.setdefault(case_id, threading.Lock())
+
+    def loaded(self, case_id: str) -> LoadedCase:
+        try:
+            case = self.cat.get(case_id)
+        except KeyError:
+            raise ViewerError(f"no case {case_id!r}") from None
+        files = [*case.images.values(), case.prediction, case.seg, case.dicom_folder]
+        if any(p is not None and not inside(p, self.cat.read_roots) for p in files):
+            raise ViewerError(f"case {case_id}: a file resolves outside the viewed folder")
+        with self._lock:
+            if case_id in self._cache:
+                self._cache.move_to_end(case_id)
+                return self._cache[case_id]
+        with self.case_lock(case_id):
+            item = load(case)
+        with self._lock:
+            self._cache[case_id] = item
+            while len(self._cache) > CACHE_CASES:
+                self._cache.popitem(last=False)
+        return item
+
+    def cached(self) -> list[str]:
+        with self._lock:
+            return list(self._cache)
+
+
+def _error(exc: Exception, status: int = 422) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
+              send_outbox: Any = None) -> Starlette:  # fmt: skip
+    """The ASGI app for ``cat``; ``hosts``: accepted Host headers (DNS-rebinding guard)."""
+    viewer = Viewer(cat, send_outbox=send_outbox)
+
+    async def index(request: Request) -> Response:
+        response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        if request.query_params.get("token"):
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    def cases(request: Request) -> Response:
+        return JSONResponse({
+            "root": cat.root.name, "kind": cat.kind, "problems": cat.problems,
+            "cases": [{"id": c.case_id, "kind": c.kind, "problem": c.problem,
+                       "prediction": (c.prediction or c.seg).name if (c.prediction or c.seg)
+                       else None} for c in cat.cases],
+        })  # fmt: skip
+
+    def case_info(request: Request) -> Response:
+        cid = request.path_params["cid"]
+        try:
+            item = viewer.loaded(cid)
+        except ViewerError as exc:
+            return _error(exc)
+        case = item.case
+        mods = [m for m in MODALITIES if m in (item.dicom[0].series if item.dicom else case.images)]
+        ras = item.ras_grid
+        return JSONResponse({
+            "id": cid, "kind": case.kind, "modalities": mods, "shape": list(ras.shape),
+            "spacing_mm": [round(s, 4) for s in ras.spacing], "voxel_ml": item.voxel_ml,
+            "volumes_ml": item.volumes_ml(), "label_convention": item.convention.name,
+            "prediction": (case.prediction or case.seg).name if (case.prediction or case.seg)
+            else None,
+            "provenance": case.provenance,
+            "can_send": case.job_id is not None,
+            "saved_to": saving.target_paths(item, cat.root)[0].name,
+        })  # fmt: skip
+
+    def image(request: Request) -> Response:
+        cid, mod = request.path_params["cid"], request.path_params["mod"]
+        if mod not in MODALITIES:
+            return _error(ValueError(f"unknown modality {mod!r}"), 404)
+        try:
+            data = image_nifti(viewer.loaded(cid), mod)
+        except ViewerError as exc:
+            return _error(exc)
+        return Response(data, media_type="application/octet-stream")
+
+    def labels(request: Request) -> Response:
+        try:
+            data = labels_nifti(viewer.loaded(request.path_params["cid"]))
+        except ViewerError as exc:
+            return _error(exc)
+        return Response(data, media_type="application/octet-stream")
+
+    async def save(request: Request) -> Response:
+        body = await request.body()
+        cid = request.path_params["cid"]
+        timing = {}
+        for key in ("seconds_open", "seconds_editing"):
+            try:
+                timing[key] = max(0.0, float(request.query_params.get(key, 0)))
+            except ValueError:
+                return _error(ValueError(f"{key}: not a number"), 400)
+        from starlette.concurrency import run_in_threadpool
+
+        def work() -> dict[str, Any]:
+            item = viewer.loaded(cid)
+            internal = item.from_ras_bitmap(body)
+            with viewer.case_lock(cid):  # one save of a case at a time; the last one wins
+                return saving.save_correction(item, internal, cat.root, timing=timing)
+
+        try:
+            entry = await run_in_threadpool(work)
+        except ViewerError as exc:
+            return _error(exc)
+        log.info("case %s: correction saved (%d voxels changed)", cid, entry["voxels_changed"])
+        return JSONResponse(entry)
+
+    async def send(request: Request) -> Response:
+        cid = request.path_params["cid"]
+        from starlette.concurrency import run_in_threadpool
+
+        def work() -> dict[str, Any]:
+            item = viewer.loaded(cid)
+            case = item.case
+            if case.job_id is None:
+                raise ViewerError("only studies received by transmed serve can be sent back")
+            _, seg_path = saving.target_paths(item, cat.root)
+            record = saving._read_record(seg_path.with_suffix(".json"))  # type: ignore[union-attr]
+            last = (record.get("saves") or [{}])[-1]
+            if not last.get("seg_sop_instance_uid") or seg_path is None:
+                raise ViewerError("save the correction first")
+            sender = viewer.send_outbox
+            with viewer.case_lock(cid):
+                queued = saving.queue_in_outbox(
+                    cat.root, case.job_id, seg_path, last["seg_sop_instance_uid"],
+                    sender.outbox if sender is not None else None,
+                )  # fmt: skip
+            if sender is not None:
+                sender.wake()
+            return {"queued": queued.item_id, "sending": viewer.send_outbox is not None}
+
+        try:
+            return JSONResponse(await run_in_threadpool(work))
+        except ViewerError as exc:
+            return _error(exc, 409)
+
+    routes = [
+        Route("/", index),
+        Route("/api/cases", cases),
+        Route("/api/cases/{cid}", case_info),
+        Route("/api/cases/{cid}/image/{mod}.nii", image),
+        Route("/api/cases/{cid}/labels.nii", labels),
+        Route("/api/cases/{cid}/save", save, methods=["POST"]),
+        Route("/api/cases/{cid}/send", send, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    middleware = [Middleware(TokenMiddleware, token=token)]
+    if hosts:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.viewer = viewer
+    return app

@@ -1,0 +1,172 @@
+"""The domain-randomised generator: determinism, label/target consistency, the head model,
+normalisation, resolution, modality dropout and the tumour mix."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transmed.data.generator import GeneratorConfig, GeneratorDataset, LabelMapPool, draw_sample
+from transmed.data.generator.dataset import sample_rng
+from transmed.data.generator.labelmaps import make_labelmap
+from transmed.data.generator.sample import fine_to_internal, fine_to_regions
+from transmed.data.synth.tumour import sample_tumours_varied
+
+SPACING = 4.0  # coarse maps keep these tests fast; the recipe uses 1.5 mm
+PATCH = (24, 24, 24)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> LabelMapPool:
+    pool = LabelMapPool(tmp_path_factory.mktemp("maps"), 3, seed=0, spacing=SPACING)
+    pool.build(progress=False)
+    return pool
+
+
+def test_labelmap_has_brain_classes_and_distance(pool: LabelMapPool) -> None:
+    lm = pool.get(0)
+    assert lm.fine.dtype == np.uint8 and lm.fine.shape == lm.dist.shape
+    brain = lm.fine > 0
+    assert set(np.unique(lm.fine[brain])) >= {1, 2, 3}
+    assert np.all(lm.dist[brain] == 0) and np.all(lm.dist[~brain] > 0)
+    # padding leaves room for a head: the map's border is > 15 mm from the brain
+    assert lm.dist[0].min() > 15 and lm.dist[:, :, -1].min() > 15
+
+
+def test_pool_cache_round_trip(pool: LabelMapPool, tmp_path: Path) -> None:
+    files = sorted(pool.folder.glob("*.npz"))
+    assert len(files) == 3
+    again = LabelMapPool(pool.folder, 3, seed=0, spacing=SPACING).get(1)
+    fresh = make_labelmap(0, 1, SPACING)
+    assert np.array_equal(again.fine, fresh.fine)
+    np.testing.assert_allclose(again.dist, fresh.dist, atol=0.05)  # float16 on disk
+    with pytest.raises(ValueError, match="outside the pool"):
+        pool.get(3)
+
+
+def test_sample_is_a_pure_function_of_the_rng(pool: LabelMapPool) -> None:
+    cfg = GeneratorConfig(patch_size=PATCH)
+    a = draw_sample(pool.get(0), sample_rng(0, 0, 5), cfg)
+    b = draw_sample(pool.get(0), sample_rng(0, 0, 5), cfg)
+    c = draw_sample(pool.get(0), sample_rng(0, 0, 6), cfg)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == (4, *PATCH) and a[0].dtype == np.float32 and a[1].shape == PATCH
+
+
+def test_dataset_does_not_depend_on_order(pool: LabelMapPool) -> None:
+    ds = GeneratorDataset(pool, GeneratorConfig(patch_size=PATCH), length=4, seed=3)
+    ds.set_epoch(2)
+    late = ds[3]
+    _ = [ds[i] for i in range(3)]
+    again = ds[3]
+    assert np.array_equal(late["image"].numpy(), again["image"].numpy())
+    ds.set_epoch(3)
+    assert not np.array_equal(ds[3]["image"].numpy(), late["image"].numpy())
+    t = late["target"].numpy()
+    assert t.shape == (3, *PATCH)
+    assert np.all(t[2] <= t[1]) and np.all(t[1] <= t[0])  # ET ⊆ TC ⊆ WT
+
+
+def test_region_and_label_mappings() -> None:
+    fine = np.arange(10, dtype=np.uint8)
+    wt, tc, et = fine_to_regions(fine)
+    assert list(np.flatnonzero(wt)) == [4, 5, 6, 7]
+    assert list(np.flatnonzero(tc)) == [4, 5, 6]
+    assert list(np.flatnonzero(et)) == [6]
+    assert list(fine_to_internal(fine)) == [0, 0, 0, 0, 1, 1, 3, 2, 0, 0]
+
+
+@pytest.mark.parametrize("skull", [0.0, 1.0])
+def test_whole_case_is_zscored_over_its_mask(pool: LabelMapPool, skull: float) -> None:
+    cfg = GeneratorConfig(patch_size=PATCH, skull_prob=skull, dropout_prob=0.0)
+    image, fine, info = draw_sample(pool.get(2), sample_rng(1, 0, 0), cfg, whole=True)
+    assert info["skull_on"] is bool(skull)
+    inside = image[1] != 0
+    head_voxels, brain_voxels = int(inside.sum()), int((fine > 0).sum())
+    if skull:  # the head (skull, scalp, fat) extends well beyond the brain
+        assert head_voxels > 1.3 * brain_voxels
+    else:  # stripped: the brain plus at most a few mm of extraction error
+        assert brain_voxels <= head_voxels < 1.3 * brain_voxels
+    for c in range(4):  # a whole case is z-scored exactly over its mask, as preprocessing does
+        v = image[c][inside]
+        assert abs(float(v.mean())) < 1e-3 and abs(float(v.std()) - 1.0) < 1e-3
+
+
+def test_patch_normalisation_estimate_brackets_the_exact_one(pool: LabelMapPool) -> None:
+    """Patches are z-scored with statistics estimated from the whole map; with the random
+    contrast factor the patch's effective std must bracket the exact whole-case value."""
+    from transmed.data.generator import sample as smp
+
+    cfg = GeneratorConfig(patch_size=PATCH, dropout_prob=0.0)
+    for i in range(3):
+        p = smp._draw_params(sample_rng(6, 0, i), cfg)
+        est_mean, est_std = smp._stats(pool.get(i), p)
+        _, _, info = draw_sample(pool.get(i), sample_rng(6, 0, i), cfg, whole=True)
+        exact_mean, exact_std = np.asarray(info["zscore_mean"]), np.asarray(info["zscore_std"])
+        np.testing.assert_allclose(est_mean, exact_mean, rtol=0.1)
+        ratio = est_std / exact_std
+        assert np.all(ratio > 0.9) and np.all(ratio < 1.9), ratio
+
+
+def test_modality_dropout_never_drops_t1ce(pool: LabelMapPool) -> None:
+    cfg = GeneratorConfig(patch_size=PATCH, dropout_prob=1.0)
+    seen = set()
+    for i in range(12):
+        image, _, info = draw_sample(pool.get(i % 3), sample_rng(2, 0, i), cfg)
+        assert info["dropped"] and 1 not in info["dropped"]
+        for c in info["dropped"]:
+            assert not image[c].any()
+        assert image[1].any()
+        seen.add(tuple(info["dropped"]))
+    assert len(seen) >= 3
+
+
+def test_thick_slices_blur_along_their_axis(pool: LabelMapPool) -> None:
+    """A thick-slice channel loses detail along its slice axis only."""
+    cfg = GeneratorConfig(patch_size=(32, 32, 32), thick_slice_prob=1.0, lowres_prob=0.0,
+                          slice_mm=(7.0, 7.5), noise_max=0.006, dropout_prob=0.0,
+                          foreground_prob=0.0, rotation_deg=0.0)  # fmt: skip
+    ratios = []
+    for i in range(6):
+        image, _, info = draw_sample(pool.get(i % 3), sample_rng(4, 0, i), cfg)
+        # patch axes after the RAS flip keep their order, so the slice axis index holds
+        c = 1
+        axis = info["resolution"][c][1]
+        grads = [np.abs(np.diff(image[c], axis=a)).mean() for a in range(3)]
+        others = [g for a, g in enumerate(grads) if a != axis]
+        ratios.append(grads[axis] / np.mean(others))
+    assert np.median(ratios) < 0.8, ratios
+
+
+def test_tumour_mix_is_varied() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-50, 50, (4000, 3))
+    depth = rng.uniform(0, 40, 4000)
+    cortical = rng.uniform(size=4000) < 0.3
+    kinds, radii, no_oedema, counts = Counter(), [], 0, Counter()
+    for _ in range(600):
+        ts = sample_tumours_varied(rng, pts, depth, cortical, tumour_free_prob=0.05,
+                                   multifocal_prob=0.15)  # fmt: skip
+        counts[len(ts)] += 1
+        for t in ts[:1]:
+            kinds["nonenhancing" if not t.enhancing else
+                  ("ring" if t.necrosis_ratio > 0 else "solid")] += 1  # fmt: skip
+            radii.append(t.radius_mm)
+            no_oedema += t.oedema_mm <= 0.5
+    n = sum(kinds.values())
+    assert 0.15 < kinds["nonenhancing"] / n < 0.35
+    assert kinds["ring"] / n > 0.3 and kinds["solid"] / n > 0.1
+    assert min(radii) < 4 and max(radii) > 25  # ≈ 0.3 ml to ≈ 65+ ml of core
+    assert 0.08 < no_oedema / n < 0.25
+    assert counts[0] > 10 and counts[2] + counts[3] > 40
+
+
+def test_bad_config_is_refused() -> None:
+    with pytest.raises(ValueError, match="skull_prob"):
+        GeneratorConfig(skull_prob=1.5)
+    with pytest.raises(ValueError, match="patch_size"):
+        GeneratorConfig(patch_size=(8, 8, 8))

@@ -1,0 +1,322 @@
+"""The viewer's server without a browser: token, path traversal, saving, SEG, outbox, memory."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import threading
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pytest
+from viewer_helpers import make_case, make_dicom_predict_output, make_predict_output
+
+from transmed.io.dicom import load_study
+from transmed.viewer.sources import ViewerError, catalogue
+from transmed.viewer.volumes import load
+
+
+def _get(server, path: str, *, token: str | None = "ok", method: str = "GET", body=None):
+    """A raw request (http.client sends the path exactly as given: no ``..`` clean-up)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    value = server.token if token == "ok" else token
+    headers = {} if token is None else {"X-Transmed-Token": value}
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, data
+
+
+def _ras_labels(server, cid: str) -> np.ndarray:
+    status, data = _get(server, f"/api/cases/{cid}/labels.nii")
+    assert status == 200
+    img = nib.Nifti1Image.from_bytes(data)
+    return np.asarray(img.dataobj).astype(np.uint8)
+
+
+def _save(server, cid: str, ras: np.ndarray, query: str = "seconds_open=12&seconds_editing=5"):
+    status, data = _get(server, f"/api/cases/{cid}/save?{query}", method="POST",
+                        body=np.asfortranarray(ras).tobytes(order="F"))  # fmt: skip
+    return status, json.loads(data)
+
+
+def _to_file_order(server, cid: str, ras: np.ndarray) -> np.ndarray:
+    loaded = server.app.state.viewer.loaded(cid)
+    return loaded.from_ras_bitmap(np.asfortranarray(ras).tobytes(order="F"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/static/viewer.js", "/static/niivue/niivue.umd.js", "/api/cases",
+     "/api/cases/Case_001", "/api/cases/Case_001/image/t1.nii", "/api/cases/Case_001/labels.nii"],
+)  # fmt: skip
+def test_every_request_needs_the_token(tmp_path, server_factory, path) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    assert _get(server, path, token=None)[0] == 403
+    assert _get(server, path, token="wrong")[0] == 403
+    assert _get(server, path)[0] == 200
+    assert _get(server, path + ("&" if "?" in path else "?") + f"token={server.token}",
+                token=None)[0] == 200  # fmt: skip
+
+
+def test_save_needs_the_token(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    status, _ = _get(server, "/api/cases/Case_001/save", token=None, method="POST", body=b"x")
+    assert status == 403
+    assert not (d / "Case_001_corrected.nii.gz").exists()
+
+
+def test_another_host_header_is_refused(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    headers = {"Host": "evil.example", "X-Transmed-Token": server.token}
+    conn.request("GET", "/api/cases", headers=headers)
+    assert conn.getresponse().status == 400
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/static/../sources.py", "/static/%2e%2e/sources.py", "/static/..%2fsources.py",
+     "/static/%2E%2E%2F%2E%2E%2Fviewer%2Fsources.py", "/static/niivue/../../app.py",
+     "/api/cases/..%2f..%2fetc%2fpasswd/labels.nii", "/api/cases/../../etc/passwd",
+     "/api/cases/Case_001/image/..%2fCase_001_t1.nii", "/api/cases/Case_001/image/%2e%2e.nii",
+     "/static/%252e%252e/sources.py", "/..%2f..%2f..%2fetc%2fpasswd"],
+)  # fmt: skip
+def test_no_path_traversal(tmp_path, server_factory, path) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    status, data = _get(server, path)
+    assert status in (400, 403, 404, 422)
+    assert b"def " not in data and b"root:" not in data and not data.startswith(b"\x1f\x8b")
+
+
+def test_save_writes_next_to_the_prediction_in_its_label_values(tmp_path, server_factory) -> None:
+    d, pred = make_case(tmp_path)
+    before = hashlib.sha256((d / "Case_001.nii.gz").read_bytes()).hexdigest()
+    server = server_factory(d)
+    ras = _ras_labels(server, "Case_001")
+    edited = ras.copy()
+    edited[5:8, 6:9, 10] = 3  # enhancing painted on background
+    edited[ras == 1] = 0  # all necrosis erased
+    status, entry = _save(server, "Case_001", edited)
+    assert status == 200, entry
+    out = nib.load(d / "Case_001_corrected.nii.gz")
+    ref = nib.load(d / "Case_001.nii.gz")
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
+    got = np.asarray(out.dataobj)
+    changed = _to_file_order(server, "Case_001", edited != ras)
+    assert np.array_equal(got != pred, changed.astype(bool))  # exactly the edited voxels
+    assert set(np.unique(got[changed.astype(bool)])) <= {0, 4}  # ET written as 4 (BraTS 2021)
+    assert hashlib.sha256((d / "Case_001.nii.gz").read_bytes()).hexdigest() == before
+    record = json.loads((d / "Case_001_corrected.json").read_text())
+    (save,) = record["saves"]
+    per = save["per_label"]
+    assert per["enhancing"]["added"] == 9 and per["necrotic/non-enhancing core"]["removed"] == int(
+        (pred == 1).sum()
+    )
+    assert save["voxels_changed"] == int(changed.sum())
+    assert save["seconds_open"] == 12.0 and save["seconds_editing"] == 5.0
+
+
+def test_bad_drawings_are_refused(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    ras = _ras_labels(server, "Case_001")
+    status, body = _save(server, "Case_001", ras[:-1])
+    assert status == 422 and "voxels" in body["error"]
+    bad = ras.copy()
+    bad[0, 0, 0] = 9
+    status, body = _save(server, "Case_001", bad)
+    assert status == 422 and "label 9" in body["error"]
+    assert not (d / "Case_001_corrected.nii.gz").exists()
+
+
+def test_refuses_to_write_through_a_symlink_out_of_path(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path / "view")
+    victim = tmp_path / "victim.nii.gz"
+    victim.write_bytes(b"precious")
+    (d / "Case_001_corrected.nii.gz").symlink_to(victim)
+    server = server_factory(d)
+    status, body = _save(server, "Case_001", _ras_labels(server, "Case_001"))
+    assert status == 422 and "outside" in body["error"]
+    assert victim.read_bytes() == b"precious"
+
+
+def test_refuses_to_write_over_an_input(tmp_path) -> None:
+    from transmed.viewer.saving import check_target
+
+    d, _ = make_case(tmp_path)
+    case = catalogue(d).cases[0]
+    with pytest.raises(ViewerError, match="over an input"):
+        check_target(d / "Case_001.nii.gz", d, case.inputs())
+    with pytest.raises(ViewerError, match="outside"):
+        check_target(tmp_path / "Case_001_corrected.nii.gz", d, case.inputs())
+
+
+def test_mismatched_label_is_reported_not_shown(tmp_path, server_factory) -> None:
+    d, lab = make_case(tmp_path)
+    nib.save(nib.Nifti1Image(lab[:, :-3], np.eye(4)), d / "Case_001.nii.gz")
+    server = server_factory(d)
+    status, data = _get(server, "/api/cases/Case_001")
+    assert status == 422 and b"another grid" in data
+    assert _get(server, "/api/cases/Case_001/labels.nii")[0] == 422
+
+
+def test_concurrent_saves_do_not_interleave(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    ras = _ras_labels(server, "Case_001")
+    drawings = [np.full_like(ras, v % 4) for v in range(6)]
+    results: list[int] = []
+
+    def go(arr) -> None:
+        results.append(_save(server, "Case_001", arr)[0])
+
+    threads = [threading.Thread(target=go, args=(a,)) for a in drawings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 6
+    got = np.asarray(nib.load(d / "Case_001_corrected.nii.gz").dataobj)
+    assert len(np.unique(got)) == 1  # one whole drawing, never a mix of two
+    record = json.loads((d / "Case_001_corrected.json").read_text())
+    assert len(record["saves"]) == 6
+    # the file on disk is the drawing of the last save recorded: the last complete save wins
+    voxel_ml = abs(np.linalg.det(nib.load(d / "Case_001.nii.gz").affine[:3, :3])) / 1000
+    wt = float((got > 0).sum()) * voxel_ml
+    assert record["saves"][-1]["volumes_ml"]["WT"] == pytest.approx(wt, abs=1e-3)
+    assert not list(d.glob(".*.tmp"))
+
+
+def test_fifty_case_folder_keeps_two_cases_in_memory(tmp_path, server_factory) -> None:
+    _, pred = make_predict_output(tmp_path, 50, shape=(12, 12, 8))
+    server = server_factory(pred)
+    status, data = _get(server, "/api/cases")
+    listed = json.loads(data)["cases"]
+    assert status == 200 and len(listed) == 50
+    for case in listed:
+        assert _get(server, f"/api/cases/{case['id']}")[0] == 200
+        assert len(server.app.state.viewer.cached()) <= 2
+    assert server.app.state.viewer.cached() == [listed[-2]["id"], listed[-1]["id"]]
+
+
+def _seg_masks(path, source):
+    seg = hd.seg.segread(path)
+    labels = [str(s.SegmentLabel) for s in seg.SegmentSequence]
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[f.sop_instance_uid for f in source.frames],
+        segment_numbers=list(range(1, len(labels) + 1)),
+        assert_missing_frames_are_empty=True,
+    )  # (k, j, i, S)
+    return seg, {name: np.transpose(pixels[..., s] > 0, (2, 1, 0)) for s, name in enumerate(labels)}
+
+
+def test_dicom_save_writes_a_corrected_seg(tmp_path, synth_dicom, server_factory) -> None:
+    dc = make_dicom_predict_output(tmp_path, synth_dicom)
+    server = server_factory(dc.root)
+    (case,) = server.catalogue.cases
+    status, info = _get(server, f"/api/cases/{case.case_id}")
+    assert status == 200, info
+    ras = _ras_labels(server, case.case_id)
+    edited = ras.copy()
+    edited[2:6, 2:6, 3] = 3
+    status, entry = _save(server, case.case_id, edited)
+    assert status == 200, entry
+    seg_path = dc.root / entry["seg"]
+    source = load_study(dc.study_dir).series["t1ce"]
+    seg, masks = _seg_masks(seg_path, source)
+    assert seg.SeriesDescription == "TransMed segmentation, manually corrected"
+    assert {str(s.SegmentAlgorithmType) for s in seg.SegmentSequence} == {"SEMIAUTOMATIC"}
+    assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == dc.series_uid
+    assert str(seg.SOPInstanceUID) != dc.seg.stem
+    expected = _to_file_order(server, case.case_id, edited)
+    assert [m for m in masks] == ["WT", "TC", "ET"]
+    assert np.array_equal(masks["ET"], expected == 3)
+    assert np.array_equal(masks["WT"], expected > 0)
+    nifti = nib.load(dc.root / entry["corrected"])
+    assert np.array_equal(np.asarray(nifti.dataobj), expected)  # internal labels for DICOM
+    assert np.allclose(nifti.affine, source.affine)
+
+
+class _FakeSender:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, path) -> None:
+        from pydicom import dcmread
+
+        self.sent.append(str(dcmread(path).SOPInstanceUID))
+
+    def describe(self) -> str:
+        return "fake PACS"
+
+
+def test_node_study_is_sent_back_once_through_the_outbox(tmp_path, synth_dicom) -> None:
+    from viewer_helpers import RunningServer
+
+    from transmed.service.config import RetryConfig
+    from transmed.service.outbox import Outbox, OutboxSender
+
+    dc = make_dicom_predict_output(tmp_path, synth_dicom, storage=True)
+    fake = _FakeSender()
+    sender = OutboxSender(Outbox(dc.root), fake, RetryConfig())
+    server = RunningServer(dc.root)
+    server.app.state.viewer.send_outbox = sender
+    try:
+        (case,) = server.catalogue.cases
+        assert _get(server, f"/api/cases/{case.case_id}/send", method="POST")[0] == 409  # unsaved
+        status, entry = _save(server, case.case_id, _ras_labels(server, case.case_id))
+        assert status == 200 and entry["seg"] == f"{case.case_id}_corrected.dcm"
+        status, data = _get(server, f"/api/cases/{case.case_id}/send", method="POST")
+        assert status == 200, data
+        uid = entry["seg_sop_instance_uid"]
+        assert json.loads(data)["queued"] == uid
+        assert _get(server, f"/api/cases/{case.case_id}/send", method="POST")[0] == 409  # once
+        sender.run_once()
+        sender.run_once()
+        assert fake.sent == [uid]
+        state = json.loads((dc.root / "outbox" / f"{uid}.json").read_text())
+        assert state["state"] == "delivered"
+        review = dc.root / "jobs" / case.job_id / "review"
+        assert (review / f"{case.case_id}_corrected.dcm").is_file()  # the reviewer's copy stays
+    finally:
+        server.stop()
+
+
+def test_storage_seg_waits_for_the_node(tmp_path, synth_dicom, server_factory) -> None:
+    from transmed.service.outbox import Outbox
+
+    dc = make_dicom_predict_output(tmp_path, synth_dicom, storage=True)
+    server = server_factory(dc.root)
+    (case,) = server.catalogue.cases
+    _, entry = _save(server, case.case_id, _ras_labels(server, case.case_id))
+    status, data = _get(server, f"/api/cases/{case.case_id}/send", method="POST")
+    assert status == 200 and json.loads(data)["sending"] is False
+    pending = Outbox(dc.root).recover()  # what the node does at its next start
+    assert entry["seg_sop_instance_uid"] in {i.item_id for i in pending}
+
+
+def test_unknown_case_and_modality(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    assert _get(server, "/api/cases/nope")[0] == 422
+    assert _get(server, "/api/cases/Case_001/image/pd.nii")[0] == 404
+
+
+def test_images_are_served_on_the_label_grid_in_ras_order(tmp_path, server_factory) -> None:
+    d, pred = make_case(tmp_path)
+    server = server_factory(d)
+    _, data = _get(server, "/api/cases/Case_001/image/t1ce.nii")
+    img = nib.Nifti1Image.from_bytes(data)
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    src = nib.load(d / "Case_001_t1ce.nii.gz")
+    assert np.array_equal(np.asarray(img.dataobj), np.asarray(src.dataobj)[::-1, ::-1, :])
+    loaded = load(catalogue(d).cases[0])
+    assert np.allclose(img.affine, loaded.ras_grid.affine)

@@ -1,0 +1,202 @@
+"""The viewer in a real browser: Debian's chromium, headless, driven by Playwright for Python.
+
+Skipped without chromium, failed instead under ``.ci/run`` (``TRANSMED_REQUIRE_BROWSER=1``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import highdicom as hd
+import matplotlib.image as mpimg
+import nibabel as nib
+import numpy as np
+import pytest
+from viewer_helpers import make_case, make_dicom_predict_output, open_viewer
+
+from transmed.io.dicom import load_study
+
+
+def _canvas(page) -> np.ndarray:
+    """The canvas as an (H, W, 3) float array in [0, 1]."""
+    return mpimg.imread(io.BytesIO(page.locator("#gl").screenshot()), format="png")[..., :3]
+
+
+def _coloured(img: np.ndarray) -> int:
+    """Overlay pixels: saturated and red/green/yellow (the MR image is grey, the crosshair
+    blue)."""
+    saturated = (img.max(-1) - img.min(-1)) > 0.15
+    return int((saturated & (img[..., 2] < img[..., :2].max(-1))).sum())
+
+
+def _bitmap(page) -> np.ndarray:
+    return np.array(page.evaluate("Array.from(tm.nv.drawBitmap)"), dtype=np.uint8)
+
+
+def _stroke(page, z: int, y: int, x0: int, x1: int) -> None:
+    """Drag the brush from the centre of RAS voxel (x0, y, z) to that of (x1, y, z) on the
+    axial slice z."""
+    page.evaluate(f"tm.nv.scene.crosshairPos = tm.nv.vox2frac([{x0}, {y}, {z}]); tm.nv.drawScene()")
+    pts = page.evaluate(
+        f"""[[{x0}, {y}, {z}], [{x1}, {y}, {z}]].map(v => {{
+            const p = tm.nv.frac2canvasPos(tm.nv.vox2frac(v));
+            const r = tm.nv.canvas.getBoundingClientRect();
+            return [r.left + p[0] / devicePixelRatio, r.top + p[1] / devicePixelRatio]; }})"""
+    )
+    (ax, ay), (bx, by) = pts
+    page.mouse.move(ax, ay)
+    page.mouse.down()
+    page.mouse.move(bx, by, steps=12)
+    page.mouse.up()
+
+
+def _ras_index(shape, flat: np.ndarray) -> np.ndarray:
+    """Flat indices of NiiVue's bitmap (x fastest) → (n, 3) voxel indices."""
+    return np.stack(np.unravel_index(flat, shape, order="F"), axis=1)
+
+
+def test_open_render_toggle_paint_undo_save(tmp_path, server_factory, browser) -> None:
+    d, pred = make_case(tmp_path)
+    server = server_factory(d)
+    page = open_viewer(browser, server)
+    assert page.evaluate("tm.state.error") is None and page.tm_errors == []
+    info = page.evaluate("tm.state.info")
+    shape = tuple(info["shape"])
+
+    img = _canvas(page)  # the image renders: not blank, with the overlay in colour
+    assert img.std() > 0.05 and (img.max(-1) > 0.2).mean() > 0.1
+    with_overlay = _coloured(img)
+    assert with_overlay > 200
+
+    for region in ("WT", "TC", "ET"):  # per-region toggles hide the overlay
+        page.locator(f'input[data-region="{region}"]').uncheck()
+    assert _coloured(_canvas(page)) < with_overlay / 20
+    page.locator('input[data-region="ET"]').check()
+    only_et = _coloured(_canvas(page))
+    assert 0 < only_et < with_overlay
+    for region in ("WT", "TC"):
+        page.locator(f'input[data-region="{region}"]').check()
+
+    before = _bitmap(page)
+    page.locator("#penLabel").select_option("3")
+    page.locator('#tools button[data-tool="brush"]').click()
+    z, y = 3, 4  # a slice and a row outside the tumour: every painted voxel is new
+    _stroke(page, z, y, 8, 30)
+    after = _bitmap(page)
+    painted = _ras_index(shape, np.flatnonzero(after != before))
+    assert len(painted) >= 20
+    assert set(painted[:, 2]) == {z} and set(painted[:, 1]) == {y}  # on the stroke's row
+    xs = np.sort(painted[:, 0])  # one contiguous run from the first voxel to (about) the last
+    assert xs[0] == 8 and xs[-1] in (29, 30) and np.array_equal(xs, np.arange(8, xs[-1] + 1))
+    assert set(after[after != before]) == {3}
+
+    page.locator("#undo").click()
+    assert np.array_equal(_bitmap(page), before)
+    page.locator("#redo").click()
+    assert np.array_equal(_bitmap(page), after)
+
+    page.locator("#save").click()
+    page.wait_for_function("tm.state.lastSave || tm.state.error", timeout=30_000)
+    saved = nib.load(d / "Case_001_corrected.nii.gz")
+    ref = nib.load(d / "Case_001.nii.gz")
+    assert saved.shape == ref.shape and np.allclose(saved.affine, ref.affine)
+    got = np.asarray(saved.dataobj)
+    # file voxel order: the tiny case is stored with x and y flipped relative to RAS
+    expected = np.zeros(shape, bool)
+    expected[tuple(painted.T)] = True
+    expected = expected[::-1, ::-1, :]
+    assert np.array_equal(got != pred, expected)  # exactly the painted voxels
+    assert set(np.unique(got[expected])) == {4}  # ET in the input's BraTS 2021 value
+    record = json.loads((d / "Case_001_corrected.json").read_text())["saves"][-1]
+    assert record["per_label"]["enhancing"]["added"] == len(painted)
+    assert record["seconds_open"] > 0 and record["seconds_editing"] > 0
+
+
+def test_modalities_views_and_volumes(tmp_path, server_factory, browser) -> None:
+    d, pred = make_case(tmp_path)
+    server = server_factory(d)
+    page = open_viewer(browser, server)
+    assert page.evaluate("Array.from(tm.nv.drawBitmap).length") > 0
+    drawing = _bitmap(page)
+    first = _canvas(page)
+    page.locator("#modality").select_option("flair")
+    page.wait_for_function("tm.state.modality === 'flair'")
+    assert page.evaluate("tm.nv.volumes[0].name").startswith("flair")
+    assert np.array_equal(_bitmap(page), drawing)  # the drawing survives the switch
+    assert np.abs(_canvas(page) - first).mean() > 0.005  # another image is shown
+    page.locator('#views button[data-view="4"]').click()  # 3D render
+    assert page.evaluate("tm.nv.opts.sliceType") == 4
+    assert _canvas(page).std() > 0.02
+    page.locator('#views button[data-view="1"]').click()
+    assert page.evaluate("tm.nv.opts.sliceType") == 1
+    voxel_ml = 1.0 * 1.2 * 1.5 / 1000
+    assert page.evaluate("tm.state.volumes.ET") == pytest.approx((pred == 4).sum() * voxel_ml)
+    assert page.evaluate("tm.state.volumes.WT") == pytest.approx((pred > 0).sum() * voxel_ml)
+    assert "ml" in page.locator("#volumes").inner_text()
+
+
+def test_mismatched_label_is_reported_in_the_page(tmp_path, server_factory, browser) -> None:
+    d, lab = make_case(tmp_path)
+    nib.save(nib.Nifti1Image(lab[:-4], np.eye(4)), d / "Case_001.nii.gz")
+    page = open_viewer(browser, server_factory(d))
+    banner = page.locator("#error")
+    assert banner.is_visible() and "another grid" in banner.inner_text()
+    assert page.evaluate("tm.state.ready") is False
+
+
+def test_dicom_correction_gives_a_seg(tmp_path, synth_dicom, server_factory, browser) -> None:
+    dc = make_dicom_predict_output(tmp_path, synth_dicom)
+    server = server_factory(dc.root)
+    page = open_viewer(browser, server)
+    assert page.evaluate("tm.state.error") is None
+    shape = tuple(page.evaluate("tm.state.info.shape"))
+    before = _bitmap(page)
+    page.locator("#penLabel").select_option("1")
+    page.locator('#tools button[data-tool="brush"]').click()
+    z = int(np.argmax(np.bincount(_ras_index(shape, np.flatnonzero(before == 0))[:, 2])))
+    _stroke(page, z, 1, 2, 20)
+    painted = _ras_index(shape, np.flatnonzero(_bitmap(page) != before))
+    assert len(painted) > 5
+    page.locator("#save").click()
+    page.wait_for_function("tm.state.lastSave || tm.state.error", timeout=30_000)
+    entry = page.evaluate("tm.state.lastSave")
+    seg = hd.seg.segread(dc.root / entry["seg"])
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == ["WT", "TC", "ET"]
+    assert {str(s.SegmentAlgorithmType) for s in seg.SegmentSequence} == {"SEMIAUTOMATIC"}
+    assert "manually corrected" in seg.SeriesDescription
+    source = load_study(dc.study_dir).series["t1ce"]
+    assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == source.series_uid
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[f.sop_instance_uid for f in source.frames],
+        segment_numbers=[1, 2, 3], assert_missing_frames_are_empty=True,
+    )  # fmt: skip
+    tc = np.transpose(pixels[..., 1] > 0, (2, 1, 0))
+    loaded = server.app.state.viewer.loaded(page.evaluate("tm.state.caseId"))
+    mask = np.zeros(shape, np.uint8)
+    mask[tuple(painted.T)] = 1
+    painted_file = loaded.from_ras_bitmap(np.asfortranarray(mask).tobytes(order="F")) > 0
+    assert tc[painted_file].all()  # the painted necrosis is in the tumour core
+    assert np.array_equal(tc & ~painted_file, np.isin(dc.label, (1, 3)) & ~painted_file)
+
+
+@pytest.mark.slow
+def test_page_open_time_of_a_brats_sized_case(tmp_path, server_factory, browser, capsys) -> None:
+    """240 × 240 × 155, four modalities: the open time is measured and printed, not asserted."""
+    d, _ = make_case(tmp_path, "Big", (240, 240, 155), affine=np.diag([-1.0, -1, 1, 1]))
+    server = server_factory(d)
+    t0 = time.perf_counter()
+    page = open_viewer(browser, server, size=(1200, 900))
+    wall = time.perf_counter() - t0
+    in_page = page.evaluate("tm.state.openMs") / 1000
+    switches = {}
+    for mod in ("t1", "t2", "flair"):
+        t1 = time.perf_counter()
+        page.locator("#modality").select_option(mod)
+        page.wait_for_function(f"tm.state.modality === '{mod}'", timeout=60_000)
+        switches[mod] = round(time.perf_counter() - t1, 2)
+    assert page.evaluate("tm.state.error") is None and _canvas(page).std() > 0.02
+    with capsys.disabled():
+        print(f"\n[viewer] 240x240x155 open: {wall:.2f} s from navigation, {in_page:.2f} s "
+              f"case open in page (T1ce + labels); other modalities: {switches}")  # fmt: skip
