@@ -114,17 +114,42 @@ class _KnownMemoryModel(torch.nn.Module):
         return x[:, :3] * work[:1]
 
 
-def test_measured_bytes_per_voxel_matches_a_known_working_set():
-    from transmed.inference import memory
-    from transmed.inference.memory_probe import reset_peak_rss
+_MEASURE_IN_A_FRESH_PROCESS = """
+import torch
+from transmed.inference.memory import measure_bytes_per_voxel
+from transmed.inference.memory_probe import reset_peak_rss
 
-    per_voxel = measure_bytes_per_voxel(_KnownMemoryModel())
-    if not reset_peak_rss():  # no /proc/self/clear_refs: the documented conservative answer
+class M(torch.nn.Module):
+    in_channels = 4
+    fixed_size = (32, 32, 32)
+
+    def forward(self, x):
+        work = torch.ones((1024 // 4, *x.shape[2:]))
+        return x[:, :3] * work[:1]
+
+print(measure_bytes_per_voxel(M()), reset_peak_rss())
+"""
+
+
+def test_measured_bytes_per_voxel_matches_a_known_working_set():
+    """In a fresh process: in a long-lived test worker the allocator may already hold the
+    forward's pages from earlier tests, and the RSS high-water mark then does not move."""
+    import subprocess
+    import sys
+
+    from transmed.inference import memory
+
+    out = subprocess.run([sys.executable, "-c", _MEASURE_IN_A_FRESH_PROCESS], check=True,
+                         capture_output=True, text=True).stdout.split()  # fmt: skip
+    per_voxel, can_reset = float(out[0]), out[1] == "True"
+    assert _KnownMemoryModel.BYTES == 1024  # the stand-in above documents the same model
+    if not can_reset:  # no /proc/self/clear_refs: the documented conservative answer
         assert per_voxel == memory.FALLBACK_BYTES_PER_VOXEL
         return
     # the forward's 1024 B/voxel buffer (less a few pages the allocator already held), plus its
     # few float32 outputs; not the weights, the input or anything allocated before
-    assert 0.95 * _KnownMemoryModel.BYTES <= per_voxel < _KnownMemoryModel.BYTES + 128
+    # (a fresh process also pays some first-use allocations of torch: measured 1192 B/voxel)
+    assert 0.95 * _KnownMemoryModel.BYTES <= per_voxel < _KnownMemoryModel.BYTES + 256
 
 
 def test_bad_predictor_arguments(tiny_checkpoint):
