@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from transmed.inference import predictor as predictor_mod
-from transmed.inference.memory import measure_bytes_per_voxel, padded_voxels, parse_budget
+from transmed.inference.memory import padded_voxels, parse_budget
 from transmed.inference.predictor import Predictor
 from transmed.io.nifti import Volume
 from transmed.models.checkpoint import CheckpointError
