@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pydicom
-import pytest
 
 from transmed.data.synth.dicom import write_dicom_study
 from transmed.inference.dicom import predict_dicom_study
@@ -14,7 +13,6 @@ from transmed.inference.predictor import Predictor
 
 
 def test_other_frame_of_reference_is_registered_and_recorded(checkpoint_factory, tmp_path):
-    pytest.importorskip("SimpleITK")
     write_dicom_study(tmp_path / "s", shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
     for path in (tmp_path / "s").rglob("*.dcm"):  # the T2 series gets its own frame
         ds = pydicom.dcmread(path)

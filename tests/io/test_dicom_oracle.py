@@ -71,7 +71,7 @@ def test_synthetic_study_equals_simpleitk(orientation, tmp_path) -> None:
 def _real(name: str) -> str:
     path = get_testdata_file(name)
     if path is None:  # the larger files come with the pydicom-data package (a dev dependency)
-        pytest.skip(f"{name} not available: install pydicom-data (pip install pydicom-data)")
+        pytest.fail(f"{name} not available: pydicom-data (a dev dependency) is not installed")
     return str(path)
 
 

@@ -121,7 +121,6 @@ def test_mask_problems_flags_volume_and_components() -> None:
 
 
 def test_automatic_rigid_registration_finds_a_shifted_series() -> None:
-    pytest.importorskip("SimpleITK")
     shift = (6.0, -4.5, 3.0)  # mm: the head moved between two series, headers unchanged
     affine = _affine(SP, SHAPE)
     fixed = _head(SHAPE, SP)
@@ -136,7 +135,6 @@ def test_automatic_rigid_registration_finds_a_shifted_series() -> None:
 
 
 def test_auto_coregistration_in_preprocessing_records_transform_and_residual() -> None:
-    pytest.importorskip("SimpleITK")
     affine = _affine(SP, SHAPE)
     vols = {m: Volume(_head(SHAPE, SP), affine) for m in MODALITIES}
     vols["flair"] = Volume(_head(SHAPE, SP, shift_mm=(0.0, 7.0, 0.0)), affine)
@@ -152,7 +150,6 @@ def test_auto_coregistration_in_preprocessing_records_transform_and_residual() -
 
 
 def test_another_frame_of_reference_forces_registration() -> None:
-    pytest.importorskip("SimpleITK")
     affine = _affine(SP, SHAPE)
     vols = {m: Volume(_head(SHAPE, SP), affine) for m in MODALITIES}
     info = {m: {"frame_of_reference_uid": "1.2.3"} for m in MODALITIES}
@@ -166,7 +163,6 @@ def test_another_frame_of_reference_forces_registration() -> None:
 
 
 def test_a_series_that_cannot_be_registered_is_refused_by_name() -> None:
-    pytest.importorskip("SimpleITK")
     affine = _affine(SP, SHAPE)
     noise = np.random.default_rng(1).uniform(0, 100, SHAPE).astype(np.float32)
     with pytest.raises(RegistrationError, match="P9_t2"):

@@ -249,7 +249,6 @@ def test_finest_reference_picks_the_smallest_voxels() -> None:
 
 
 def test_rigid_coregistration_recovers_a_head_movement() -> None:
-    pytest.importorskip("SimpleITK")
     from transmed.transforms.registration import rigid_register
 
     shape = (40, 40, 40)

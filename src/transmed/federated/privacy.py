@@ -135,7 +135,8 @@ def plan_privacy(settings: DPSettings, n_cases: int, batch_size: int, steps: int
                 f"noise multiplier {sigma:g} spends ε={eps:.3g} over {steps} steps, more than "
                 f"--dp-epsilon {settings.epsilon:g}; it needs ≥ {needed:.3g}"
             )
-    assert sigma is not None  # by DPSettings' validator
+    if sigma is None:  # DPSettings' validator asks for epsilon or a noise multiplier
+        raise PrivacyError("differential privacy needs --dp-epsilon or --dp-noise")
     eps_plan = epsilon_for(sigma, q, steps, settings.delta)
     return PrivacyPlan(float(sigma), q, int(steps), settings.delta, eps_plan)
 

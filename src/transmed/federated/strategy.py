@@ -222,7 +222,8 @@ def make_strategy(config: FederatedConfig, state: FederationState, *, token: str
 
         def _evaluate(self, server_round: int, ndarrays: list[np.ndarray],
                       cfg: dict[str, Any]) -> tuple[float, dict[str, Any]]:  # fmt: skip
-            assert evaluate is not None
+            if evaluate is None:  # Flower calls this only when an evaluate_fn was given
+                raise ValueError("no evaluation function was configured on the server")
             scores = evaluate(ndarrays)
             return 1.0 - float(scores.get("dice_mean", 0.0)), scores
 

@@ -171,7 +171,8 @@ def _load_dicom(case: ViewCase, max_voxels: int) -> LoadedCase:
     from transmed.io.dicom import DicomError, load_study
     from transmed.viewer.saving import seg_module
 
-    assert case.dicom_folder is not None
+    if case.dicom_folder is None:
+        raise ViewerError(f"{case.case_id}: not a DICOM case (no study folder)")
     try:
         study = load_study(case.dicom_folder, max_voxels=max_voxels)
     except (DicomError, ValueError, OSError) as exc:
