@@ -10,27 +10,18 @@ preprocessing (a CT, an empty volume, an implausible brain mask kept with ``--fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from transmed.io.atomic import atomic_write_text
+from transmed.io.hashing import file_sha256  # noqa: F401  (re-exported for the predictor)
 
 PROVENANCE_VERSION = 1
 SUFFIX = ".provenance.json"
 #: An input slice thicker than this many times the training data's thickest is warned about.
 SPACING_FACTOR = 2.0
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 (hex) of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def provenance_path(output: str | Path) -> Path:

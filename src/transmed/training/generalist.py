@@ -64,13 +64,10 @@ def generalist_config(**overrides: Any) -> TrainConfig:
 
 
 def generalist_preprocess_config() -> dict[str, Any]:
-    """What ``predict`` must do to raw input for this model (PreprocessConfig fields that
-    exist in this version, so older readers still accept the checkpoint)."""
-    from dataclasses import fields
-
+    """What ``predict`` must do to raw input for this model (checked by PreprocessConfig)."""
     from transmed.transforms.preprocess import PreprocessConfig
 
-    wanted: dict[str, Any] = {
+    cfg: dict[str, Any] = {
         "target_spacing": [GENERALIST_SPACING] * 3,
         "reference": "t1ce",
         "foreground": "auto",
@@ -78,15 +75,9 @@ def generalist_preprocess_config() -> dict[str, Any]:
         "label_interpolation": "linear",
         "coregistration": "auto",
         "brain_extraction": "auto",
-        "missing_modalities": "zero",
+        "missing_modalities": "zero",  # trained with modality dropout
     }
-    known = {f.name for f in fields(PreprocessConfig)}
-    cfg = {k: v for k, v in wanted.items() if k in known}
-    if "coregistration" in cfg:  # "auto" may not be a valid choice in this version
-        try:
-            PreprocessConfig(**{**cfg, "target_spacing": tuple(cfg["target_spacing"])})
-        except ValueError:
-            cfg["coregistration"] = "rigid"
+    PreprocessConfig(**{**cfg, "target_spacing": tuple(cfg["target_spacing"])})  # validates
     return cfg
 
 

@@ -8,10 +8,10 @@ saying how to reinstall. The model card is ``docs/model_card.md``.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from transmed.io.hashing import file_sha256 as sha256_file
 from transmed.models.checkpoint import CheckpointError
 
 HERE = Path(__file__).resolve().parent
@@ -46,14 +46,6 @@ DEFAULT_PRETRAINED = "generalist"
 
 def list_pretrained() -> list[PretrainedModel]:
     return [PRETRAINED[k] for k in sorted(PRETRAINED)]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _reinstall_hint() -> str:
