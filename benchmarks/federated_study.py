@@ -5,7 +5,13 @@ of optimiser steps of the same batch size, summed over sites) and the same held-
 (cases drawn from every site's protocol):
 
 - ``centralised``: the sites' cases pooled, one trainer run;
+- ``centralised_seq``: the same, with a third of the steps: as many SEQUENTIAL steps as the
+  federated global model takes (rounds × local steps). With FedAvg, 3 sites × k local steps
+  per round move the global model by about k steps, not 3k (the sites' steps run in parallel
+  and are averaged), so at the same total compute FedAvg has a third of the depth;
 - ``fedavg``, ``fedprox``: Flower FedAvg / FedProx over the three sites;
+- ``fedavg_v0`` (ablation, not in the default arms): FedAvg as it was before 2026-11-30, each
+  round a fresh AdamW whose rate decays from the round's rate to 0 within the round;
 - ``dp_eps8``, ``dp_eps2``: FedAvg with DP-SGD at every site, ε ≈ 8 and ≈ 2 at δ = 1e-5;
 - ``site_A``, ``site_B``, ``site_C``: each site training alone (the whole budget on its data).
 
@@ -15,7 +21,10 @@ code path); the final models predict the held-out cases on their original grid a
 compared with ``transmed compare`` (paired Wilcoxon / t-test, bootstrap CI; reference:
 centralised).
 
-    nice -n 5 python benchmarks/federated_study.py --work /tmp/fedstudy
+    python benchmarks/federated_study.py --work /tmp/fedstudy --rounds 10 --iters 6 --lr 5e-3
+
+Arms may run in two processes (``--data-only`` first, then ``--arms`` subsets with their own
+``--results``; a last ``--report-only`` run gathers them).
 
 Writes ``benchmarks/results/federated/{study.json, study.md, dice_vs_rounds.png, compare.*}``.
 Resumable: finished arms are kept.
@@ -92,7 +101,8 @@ def run_trained_arm(name: str, args, work: Path, pooled: Path, pooled_pre: Path,
     if not (arm / "evaluation.csv").is_file():
         if arm.exists():
             shutil.rmtree(arm)
-        cfg = TrainConfig(**train_config(args, args.rounds, args.iters * 3))
+        per_epoch = args.iters * (1 if name == "centralised_seq" else 3)
+        cfg = TrainConfig(**train_config(args, args.rounds, per_epoch))
         train(pooled, arm, cfg, split={"train": train_ids, "val": test_ids},
               preprocessed_cache=pooled_pre, progress=False, device="cpu")  # fmt: skip
     with open(arm / "metrics.csv", newline="") as fh:
@@ -126,8 +136,9 @@ def main() -> None:
     ap.add_argument("--mu", type=float, default=0.01, help="FedProx μ")
     ap.add_argument("--model", default="transmed_full")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arms", default="centralised,fedavg,fedprox,dp_eps8,dp_eps2,site_A,"
-                    "site_B,site_C")  # fmt: skip
+    ap.add_argument("--arms", default="centralised,centralised_seq,fedavg,fedprox,dp_eps8,"
+                    "dp_eps2,site_A,site_B,site_C")  # fmt: skip
+    ap.add_argument("--data-only", action="store_true", help="make and preprocess the data")
     ap.add_argument("--report-only", action="store_true",
                     help="only write the results of the arms already finished")
     args = ap.parse_args()
@@ -148,6 +159,8 @@ def main() -> None:
     test_pre, test_ids = prepare_data(test, pre / "test", progress=False)
     pooled_pre, pooled_ids = prepare_data(pooled, pre / "pooled", progress=False)
     site_ids = {n: prepare_data(p, pre / n, progress=False)[1] for n, p in sites.items()}
+    if args.data_only:
+        return
     all_train = sorted(i for ids in site_ids.values() for i in ids)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if args.report_only:
@@ -158,7 +171,7 @@ def main() -> None:
     for name in arms:
         ta, ca = time.perf_counter(), time.process_time()
         print(f"== {name}", flush=True)
-        if name == "centralised":
+        if name in ("centralised", "centralised_seq"):
             curves[name] = run_trained_arm(name, args, work, pooled, pooled_pre, all_train,
                                            test_ids)  # fmt: skip
         elif name.startswith("site_"):
@@ -166,7 +179,9 @@ def main() -> None:
                                            site_ids[name[5:]], test_ids)  # fmt: skip
         else:
             fed: dict[str, Any] = {}
-            if name == "fedprox":
+            if name == "fedavg_v0":  # ablation: the round schedule and fresh AdamW of before
+                fed = {"keep_optimizer_state": False, "local_lr_schedule": "per_round"}
+            elif name == "fedprox":
                 fed = {"strategy": "fedprox", "proximal_mu": args.mu}
             elif name.startswith("dp_eps"):
                 fed = {"dp": DPSettings(epsilon=float(name[6:]), delta=1e-5, max_grad_norm=1.0)}
@@ -200,15 +215,22 @@ def main() -> None:
              for i, a in enumerate(arms)}  # fmt: skip
     budget = {
         "optimiser_steps_per_arm": args.rounds * args.iters * 3, "batch": args.batch,
+        "global_model_steps_federated": args.rounds * args.iters, "lr": args.lr,
+        "fedprox_mu": args.mu, "seed": args.seed,
         "patch": [32, 32, 32], "rounds": args.rounds, "steps_per_site_per_round": args.iters,
         "model": args.model, "model_kwargs": _model_kwargs(),
         "parameters": json.loads((work / "arms" / arms[0] / "inference.json").read_text())
         .get("parameters"),
         "cpu_s_arms": sum(t.get("cpu_s", 0.0) for t in timing.values()),
         "cpu_s_total": time.process_time() - c0, "wall_s_total": time.perf_counter() - t0,
+        "elapsed_wall_s_arms": study_elapsed(work, arms),
         "data_generation_wall_s": t_data,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
-                   f"{torch.get_num_threads()}, shared with a training job (nice 5)",
+        "machine": f"{platform.machine()}, {os.cpu_count()}-core CPU, no GPU, torch threads "
+                   f"{torch.get_num_threads()} per process, shared with a background training "
+                   "job (at higher priority) and other sessions' work",
+        "command": "python benchmarks/federated_study.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in (("rounds", args.rounds),
+            ("iters", args.iters), ("lr", args.lr), ("mu", args.mu), ("batch", args.batch))),
     }  # fmt: skip
     study = {"arms": arms, "dice_per_round": curves, "final_dice": final, "dp_epsilon": eps,
              "timing": timing, "budget": budget, "sites": [p.__dict__ for p in profiles],
@@ -236,21 +258,63 @@ def arm_timing(work: Path, name: str) -> dict[str, float]:
     return {}
 
 
+def study_elapsed(work: Path, arms: list[str]) -> float:
+    """Wall seconds from the first arm's start to the last arm's end (arms may have run in
+    parallel processes): each arm's ``timing.json`` was written at its end."""
+    spans = []
+    for name in arms:
+        tfile = work / "arms" / name / "timing.json"
+        if tfile.is_file():
+            end = tfile.stat().st_mtime
+            spans.append((end - json.loads(tfile.read_text())["wall_s"], end))
+    return max(e for _, e in spans) - min(b for b, _ in spans) if spans else float("nan")
+
+
 def study_markdown(study: dict, compare_md: str) -> str:
     b = study["budget"]
+    k, r = b["steps_per_site_per_round"], b["rounds"]
+    final = study["final_dice"]
     lines = ["# Federated study (issue 14)", "",
-             f"Budget: {b['optimiser_steps_per_arm']} optimiser steps per arm (batch {b['batch']},"
-             f" patch 32³), {b['rounds']} rounds × 3 sites × {b['steps_per_site_per_round']} "
-             f"steps; model {b['model']} ({b['parameters']} parameters). Training, per-round "
-             f"evaluation and final prediction of all arms: {b['cpu_s_arms'] / 60:.1f} CPU-min "
-             f"({b['machine']}; per arm below).", "",
-             "| arm | WT | TC | ET | mean | Dice per round |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             f"Command: `{b.get('command', '')}` (arms in parallel processes, see the "
+             "script's docstring). Date: " + study.get("date", "") + ".", "",
+             f"**Budget**: {b['optimiser_steps_per_arm']} optimiser steps per arm (batch "
+             f"{b['batch']}, patch 32³, AdamW, peak lr {b.get('lr')}, poly decay, no warm-up): "
+             f"centralised and each site alone take {r} epochs × {3 * k} steps; the federated "
+             f"arms {r} rounds × 3 sites × {k} local steps. Model {b['model']} "
+             f"({b['parameters']} parameters). **Machine**: {b['machine']}. **Time**: all arms "
+             f"{b['cpu_s_arms'] / 60:.1f} CPU-min, "
+             f"{b.get('elapsed_wall_s_arms', float('nan')) / 60:.1f} min wall "
+             "(training, per-round evaluation and final prediction; per arm below).",
+             "",
+             f"**Fair budget.** The same total compute is not the same depth: FedAvg's 3 sites × "
+             f"{k} local steps per round are averaged into ONE move of the global model of about "
+             f"{k} steps, so after {r} rounds the global model has taken ~{r * k} sequential "
+             f"steps, against {3 * r * k} for `centralised`. `centralised_seq` is the pooled "
+             f"data with {r * k} steps ({r} epochs × {k}): the same depth as the federated "
+             "global model, a third of the compute.", "",
+             "**Two measures.** `Dice per round` is the trainer's validation on the held-out "
+             "cases (each region channel thresholded on its own, preprocessed grid). The final "
+             "table is the clinical path: `transmed predict` label maps (regions nested: an ET "
+             "voxel is also TC and WT) on the original grid, scored by `transmed evaluate`; it "
+             "is higher early in training, when a model finds ET before WT/TC.", ""]  # fmt: skip
+    if "fedavg" in final and "centralised" in final:
+        gap = final["fedavg"]["mean"] - final["centralised"]["mean"]
+        met = "met" if gap >= -0.02 else "NOT met"
+        lines += [f"**Target** (FedAvg within 0.02 mean Dice of centralised at the same "
+                  f"budget): {met}, FedAvg − centralised = {gap:+.3f}."]  # fmt: skip
+        if "centralised_seq" in final:
+            g2 = final["fedavg"]["mean"] - final["centralised_seq"]["mean"]
+            lines[-1] += f" Against `centralised_seq` (same depth): {g2:+.3f}."
+        lines += [""]
+    lines += ["| arm | WT | TC | ET | mean | ε spent (δ = 1e-5), max over sites | Dice per round |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for a in study["arms"]:
-        f = study["final_dice"].get(a, {})
+        f = final.get(a, {})
         cells = " | ".join(f"{f.get(r, float('nan')):.3f}" for r in (*REGIONS, "mean"))
+        e = {s: v for s, v in study["dp_epsilon"].get(a, {}).items() if s != "noise_multiplier"}
+        spent = f"{max(e.values()):.2f}" if e else "— (no DP)"
         curve = " ".join(f"{v:.2f}" for v in study["dice_per_round"].get(a, []))
-        lines.append(f"| {a} | {cells} | {curve} |")
+        lines.append(f"| {a} | {cells} | {spent} | {curve} |")
     lines += ["", "| arm | CPU s | wall s |", "|---|---|---|"]
     for a in study["arms"]:
         t = study["timing"].get(a, {})

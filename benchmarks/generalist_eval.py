@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--n-generated", type=int, default=12)
     ap.add_argument("--n-cohort", type=int, default=6)
     ap.add_argument("--mode", default=None, help="force --mode whole|sliding")
+    ap.add_argument("--keep", action="store_true",
+                    help="reuse predictions and evaluations already in --work (resume)")
     args = ap.parse_args()
     models = dict(kv.split("=", 1) for kv in args.models.split(","))
     sets = {
@@ -115,19 +117,24 @@ def main() -> None:
         evals = []
         for name, model in models.items():
             pred = args.work / f"pred_{set_name}_{name}"
-            ev = args.work / f"eval_{set_name}_{name}"
+            # a run-like folder holding evaluation.{csv,json}: what `transmed compare` reads
+            ev = args.work / f"eval_{set_name}_{name}" / "evaluation"
+            ev.parent.mkdir(parents=True, exist_ok=True)
             extra = ["--mode", args.mode] if args.mode else []
-            secs = run(["predict", "-m", model, "-i", str(ref), "-o", str(pred), "--quiet",
-                        "--overwrite", *extra], allowed=(0, 1))  # fmt: skip
-            run(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(ev),
-                 "--no-lesionwise"], allowed=(0, 1))  # fmt: skip
+            secs = 0.0
+            if not (args.keep and (pred / "predict_summary.json").is_file()):
+                secs = run(["predict", "-m", model, "-i", str(ref), "-o", str(pred), "--quiet",
+                            "--overwrite", *extra], allowed=(0, 1))  # fmt: skip
+            if not (args.keep and ev.with_name(ev.name + ".json").is_file()):
+                run(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(ev),
+                     "--no-lesionwise"], allowed=(0, 1))  # fmt: skip
             res = json.loads(ev.with_name(ev.name + ".json").read_text())  # evaluate's --out
             summary["sets"][set_name][name] = {
                 "evaluation": str(ev), "false_et_ml": false_et(pred, ref),
                 **{k: v for k, v in res.items() if k != "cases"},
             }  # fmt: skip
             summary["seconds"][f"{set_name}/{name}"] = round(secs, 1)
-            evals.append(str(ev))
+            evals.append(str(ev.parent))
         if len(evals) > 1:
             run(["compare", *evals, "--out", str(args.out / f"compare_{set_name}")])
     args.out.mkdir(parents=True, exist_ok=True)

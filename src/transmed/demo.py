@@ -8,6 +8,7 @@ folder, and each is the same code a user runs on a real BraTS copy.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ def run_demo(
         run_dir = out / "runs" / model
         if not (run_dir / "evaluation.json").is_file():
             resume = (run_dir / "checkpoints" / "latest.pt").is_file()
+            if not resume and run_dir.exists():  # stopped before its first epoch ended:
+                shutil.rmtree(run_dir)  # nothing to keep; start that model again
             train(preprocessed, run_dir, None if resume else train_config(settings, model),
                   resume=resume, split=split, preprocessed_cache=preprocessed,
                   progress=progress)  # fmt: skip

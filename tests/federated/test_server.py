@@ -124,7 +124,8 @@ def test_fedprox_sends_mu_and_round_lr(tmp_path: Path) -> None:
     site = FakeSite(0.0, 1, fp)
     run_federation(cfg, {"a": site}, tmp_path / "fed")
     assert [c["proximal_mu"] for c in site.configs] == [0.1, 0.1]
-    assert site.configs[0]["lr"] > site.configs[1]["lr"] > 0
+    assert [c["lr"] for c in site.configs] == [cfg.round_lr(1), cfg.round_lr(2)]
+    assert [c["lr_peak"] for c in site.configs] == [cfg.train.lr] * 2
     assert site.configs[0]["nonce"] != site.configs[1]["nonce"]
 
 

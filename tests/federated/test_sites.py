@@ -128,3 +128,47 @@ def test_a_site_stops_when_its_privacy_budget_is_spent(tiny_sites, tiny_train, t
     assert again.dp.steps_taken == 2 and again.dp.epsilon() == pytest.approx(metrics["dp_epsilon"])
     with pytest.raises(PrivacyError, match="another DP plan"):
         SiteTrainer(tiny_sites["A"], tmp_path / "a", train, rounds=2, dp=DPSettings(epsilon=8.0))
+
+
+def test_local_steps_continue_one_lr_schedule_and_adam_state(tiny_sites, tiny_train, tmp_path):
+    """Each round starts from the global weights, its steps take the federation's schedule
+    where the previous round left it (not a fresh per-round decay to ~0), and AdamW's state
+    carries over at the site (not a fresh AdamW every round)."""
+    import torch
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
+
+    from transmed.federated.strategy import FederationState
+
+    fed = FederatedConfig(train={**tiny_train, "warmup_epochs": 1.0, "lr": 0.01}, rounds=3)
+    site = SiteTrainer(tiny_sites["A"], tmp_path / "a", fed.train, rounds=3)
+    server = FederationState(fed, tmp_path / "srv")
+    seen: list[tuple[float, int]] = []
+    first: list[torch.Tensor] = []
+
+    def pre(opt, *_):
+        if not first:
+            first.append(opt.param_groups[0]["params"][0].detach().clone())
+
+    def post(opt, *_):
+        p0 = opt.param_groups[0]["params"][0]
+        seen.append((opt.param_groups[0]["lr"], int(opt.state[p0]["step"])))
+
+    handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    try:
+        w = get_weights(server.model)
+        w = [a + 0.01 for a in w]  # not the site's own initial weights
+        fit = {"fingerprint": server.fingerprint, "rounds": 3, "lr_peak": 0.01}
+        w1, _ = site.fit(w, {**fit, "round": 1})
+        assert np.allclose(first[0].numpy(), w[0])  # the trainer started from what was sent
+        site.fit(w1, {**fit, "round": 2})
+    finally:
+        for h in handles:
+            h.remove()
+    # 2 steps per round, 6 in all, warm-up 2 steps then poly: (1 - (s - 2) / 4) ** 0.9
+    want = [0.005, 0.01, 0.01, 0.01 * 0.75**0.9]
+    assert [lr for lr, _ in seen] == pytest.approx(want)
+    assert [s for _, s in seen] == [1, 2, 3, 4]
+    assert fed.round_lr(2) == pytest.approx(0.01)

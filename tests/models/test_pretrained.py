@@ -81,3 +81,23 @@ def test_predict_without_model_uses_the_shipped_one(tmp_path: Path) -> None:
     seg = nib.load(str(out / "x.nii.gz"))
     assert seg.shape == shape and np.allclose(seg.affine, affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 4}
+
+
+def test_export_keeps_what_inference_needs_and_drops_the_optimiser(tmp_path: Path) -> None:
+    from transmed.io.hashing import file_sha256
+    from transmed.models.checkpoint import load_checkpoint, save_untrained_checkpoint
+    from transmed.models.pretrained.export import export_checkpoint
+
+    src = save_untrained_checkpoint(tmp_path / "run.pt", "transmed_d", features=(8, 16, 16, 16))
+    ckpt = load_checkpoint(src)
+    ckpt.update({"optimizer": {"state": {}}, "dynamic_temperature": 1.0, "epoch": 3,
+                 "data_profile": {"cases": "generated"}, "preprocess_config": {"x": 1}})
+    torch.save(ckpt, src)
+    digest = export_checkpoint(src, tmp_path / "ship.pt", name="g", version="9.9")
+    assert digest == file_sha256(tmp_path / "ship.pt")
+    model, out = load_model_and_checkpoint(tmp_path / "ship.pt")
+    assert "optimizer" not in out
+    assert out["data_profile"] == {"cases": "generated"} and out["pretrained"]["version"] == "9.9"
+    assert all(v.dtype == torch.float16 for v in out["model"].values() if v.is_floating_point())
+    taus = [m.temperature for m in model.modules() if hasattr(m, "set_temperature")]
+    assert taus and all(t == 1.0 for t in taus)  # the trained τ survives the export

@@ -109,8 +109,10 @@ def test_end_to_end_orthanc_to_node_and_back(pacs, tiny_predictor, tmp_path, cap
         # the SEG may reach the PACS a moment before the job's state file says "done"
         (record,) = wait_until(lambda: [r for r in node.jobs.all() if r.state == "done"])
         assert record.instances == 4 * SHAPE[2]
-        wait_until(lambda: node.budget.used == 0)  # released when the images are deleted
-        assert not node.jobs.input_dir(record.job_id).exists()
+        wait_until(lambda: node.budget.used == 0)  # released once the study is processed
+        # kept for `transmed view` (review_retention_s): the images and the predicted SEG
+        assert len(list(node.jobs.input_dir(record.job_id).rglob("*.dcm"))) == record.instances
+        assert len(list(node.jobs.output_dir(record.job_id).glob("*.dcm"))) == 1
         assert node.outbox.pending_count() == 0
     _check_seg(_read_seg_from_pacs(pacs, seg_id), study, study_dir, tiny_predictor)
     for secret in (PATIENT_NAME, *PATIENT_NAME.split("^"), PATIENT_ID):

@@ -45,3 +45,23 @@ def test_generalist_run_writes_checkpoints_and_curves(coarse: None, tmp_path: Pa
     with pytest.raises(ValueError, match="already holds a run"):
         g.train_generalist(out, cfg, pool_size=2, progress=False)
     assert all(torch.isfinite(v.float()).all() for v in ckpt["model"].values())
+
+
+def test_generalist_init_from_starts_from_the_given_weights(coarse: None, tmp_path: Path) -> None:
+    kwargs = {"features": [8, 16, 16, 16], "attention_head_dim": 8, "patch_size": 32}
+    first = tmp_path / "first"
+    cfg = g.generalist_config(epochs=1, iters_per_epoch=2, batch_size=1, patch_size=(32, 32, 32),
+                              model_kwargs=kwargs, val_every=1)  # fmt: skip
+    g.train_generalist(first, cfg, pool_size=2, progress=False)
+    init = load_checkpoint(first / "checkpoints" / "final.pt")["model"]
+    # lr ~ 0: a run initialised from the first stays at its weights; from scratch it would not
+    cfg2 = g.generalist_config(epochs=1, iters_per_epoch=1, batch_size=1, patch_size=(32, 32, 32),
+                               model_kwargs=kwargs, val_every=1, lr=1e-12, seed=1,
+                               init_from=str(first))  # fmt: skip
+    second = tmp_path / "second"
+    g.train_generalist(second, cfg2, pool_size=2, progress=False)
+    final = load_checkpoint(second / "checkpoints" / "final.pt")["model"]
+    floats = [k for k, v in init.items() if v.is_floating_point()]
+    assert floats
+    for k in floats:
+        assert torch.allclose(final[k].float(), init[k].float(), atol=1e-5), k

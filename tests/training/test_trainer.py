@@ -282,3 +282,32 @@ def test_demo_cli_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch, t
                             "--models", "unet, segresnet"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert seen["settings"] == demo.DemoSettings(epochs=3, models=("unet", "segresnet"))
+
+
+def test_inference_uses_the_dynamic_temperature_the_weights_were_trained_at(
+    tiny_brats: Path, tmp_path: Path
+) -> None:
+    """τ is annealed 30 -> 1 in training; a model rebuilt from the checkpoint must not mix its
+    kernels at the constructor's τ = 30."""
+    from transmed.models.checkpoint import checkpoint_temperature, load_checkpoint
+    from transmed.models.layers import DynamicConv3d
+
+    cfg = TrainConfig(model="transmed_d", model_kwargs={"features": [8, 16, 16, 16]}, epochs=2,
+                      iters_per_epoch=1, batch_size=1, patch_size=(32, 32, 24), val_every=2,
+                      num_workers=0, temperature_start=30.0, temperature_end=1.0,
+                      temperature_epochs=1.0)  # fmt: skip
+    out = tmp_path / "dyn"
+    train(tiny_brats, out, cfg, progress=False, evaluate=False)
+    path = out / "checkpoints" / "final.pt"
+    ckpt = load_checkpoint(path)
+    assert ckpt["dynamic_temperature"] == pytest.approx(1.0)
+    model = load_model(path)
+    taus = [m.temperature for m in model.modules() if isinstance(m, DynamicConv3d)]
+    assert taus and all(t == pytest.approx(1.0) for t in taus)
+    # a checkpoint written before τ was recorded: recomputed from its config and epoch
+    del ckpt["dynamic_temperature"]
+    assert checkpoint_temperature(ckpt) == pytest.approx(1.0)
+    ckpt["epoch"] = 0
+    ckpt["train_config"]["temperature_epochs"] = 2.0
+    assert checkpoint_temperature(ckpt) == pytest.approx(30.0)
+    assert checkpoint_temperature({"model": {}, "model_config": {}}) is None

@@ -216,3 +216,23 @@ def test_deepbet_on_the_real_thick_slice_t1ce(tcga_dir: Path) -> None:
     assert 1300 < result.volume_ml < 1800 and result.problems == []
     assert len([c for c in result.components_ml if c > 50]) == 1
     print(f"deepbet on TCGA-FG-6692 T1ce: {took:.1f} s, {result.volume_ml:.0f} ml")
+
+
+def test_an_unregistrable_series_is_left_out_when_the_model_accepts_missing_ones() -> None:
+    """Noise instead of a T2 on another frame of reference: a model trained with missing series
+    predicts without it (zero channel, a warning naming it); one that needs all four refuses."""
+    affine = _affine(SP, SHAPE)
+    vols = {m: Volume(_head(SHAPE, SP), affine) for m in MODALITIES}
+    vols["t2"] = Volume(np.random.default_rng(1).uniform(0, 100, SHAPE).astype(np.float32),
+                        affine, path=Path("P9_t2.nii.gz"))  # fmt: skip
+    info = {m: {"frame_of_reference_uid": "1.2.3"} for m in MODALITIES}
+    info["t2"] = {"frame_of_reference_uid": "1.2.4"}  # forces the registration
+    with pytest.raises(RegistrationError, match="P9_t2"):
+        preprocess_case(vols, config=PreprocessConfig(coregistration="auto"), series_info=info)
+    case = preprocess_case(vols, config=PreprocessConfig(coregistration="auto",
+                                                         missing_modalities="zero"),
+                           series_info=info)  # fmt: skip
+    extra = case.record.extra
+    assert "t2" in extra["missing"] and "P9_t2" in extra["coregistration"]["dropped"]["t2"]
+    assert np.all(case.image[2] == 0) and np.any(case.image[1] != 0)
+    assert any("P9_t2" in w and "left out" in w for w in extra["warnings"])

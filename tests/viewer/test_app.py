@@ -320,3 +320,46 @@ def test_images_are_served_on_the_label_grid_in_ras_order(tmp_path, server_facto
     assert np.array_equal(np.asarray(img.dataobj), np.asarray(src.dataobj)[::-1, ::-1, :])
     loaded = load(catalogue(d).cases[0])
     assert np.allclose(img.affine, loaded.ras_grid.affine)
+
+
+def test_images_are_encoded_once_and_revalidated_by_etag(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    path = "/api/cases/Case_001/image/t2.nii"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", path, headers={"X-Transmed-Token": server.token})
+    first = conn.getresponse()
+    body, etag = first.read(), first.getheader("ETag")
+    assert first.status == 200 and etag and "max-age" in first.getheader("Cache-Control")
+    item = server.app.state.viewer.loaded("Case_001")
+    assert item._encoded["image/t2"].data is not None  # kept with the case in memory
+    conn.request("GET", path, headers={"X-Transmed-Token": server.token, "If-None-Match": etag})
+    again = conn.getresponse()
+    assert again.status == 304 and again.read() == b""
+    conn.close()
+    assert _get(server, path)[1] == body  # the same bytes, not a second encoding
+
+
+def test_raw_labels_are_niivues_bitmap(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    status, raw = _get(server, "/api/cases/Case_001/labels.raw")
+    assert status == 200
+    ras = _ras_labels(server, "Case_001")
+    assert raw == np.asfortranarray(ras).tobytes(order="F")  # x fastest, RAS order
+
+
+def test_float_images_are_served_as_scaled_int16_with_their_window() -> None:
+    from transmed.viewer.volumes import display_nifti
+
+    rng = np.random.default_rng(1)
+    data = np.zeros((30, 20, 10), np.float32)
+    data[5:25, 4:16, 2:8] = rng.normal(0.0, 1.0, (20, 12, 6))  # z-scored brain, zero outside
+    img = nib.Nifti1Image.from_bytes(display_nifti(data, np.eye(4)))
+    assert img.get_data_dtype() == np.int16
+    step = (data.max() - data.min()) / 65534
+    assert np.abs(img.get_fdata() - data).max() <= step / 2 + 1e-6
+    lo, hi = float(img.header["cal_min"]), float(img.header["cal_max"])
+    inside = data[data != 0]
+    assert np.percentile(inside, 1) < lo < np.percentile(inside, 5)  # NiiVue's 2-98 % window
+    assert np.percentile(inside, 95) < hi < np.percentile(inside, 99)

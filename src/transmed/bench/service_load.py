@@ -116,8 +116,12 @@ class StudySender:
         try:
             for ds in self.datasets:
                 status = assoc.send_c_store(ds)
-                if status is None or int(status.Status) != 0:
-                    raise RuntimeError(f"C-STORE status {getattr(status, 'Status', None)}")
+                # pynetdicom answers an empty Dataset when no response came (DIMSE timeout,
+                # aborted association): a failed send, not a crash of the benchmark
+                if status is None or "Status" not in status:
+                    raise RuntimeError("C-STORE: no response (timed out or association aborted)")
+                if int(status.Status) != 0:
+                    raise RuntimeError(f"C-STORE status 0x{int(status.Status):04X}")
         finally:
             assoc.release()
         return study
@@ -165,6 +169,8 @@ def run_load_benchmark(
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the burst and the soak described in the module docstring; return the record."""
+    if stop_file is not None and Path(stop_file).exists():  # a stale one would end the soak at 0
+        raise ValueError(f"the stop file {stop_file} already exists: remove it before the run")
     from transmed.bench.results import machine_info, now_iso
     from transmed.data.synth.dicom import write_dicom_study
     from transmed.inference.predictor import Predictor

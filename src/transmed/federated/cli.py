@@ -129,6 +129,8 @@ def client_cmd(
     ca_cert: Path = typer.Option(None, "--ca-cert", help="CA certificate of a TLS server."),
     dp_epsilon: float = _EPS, dp_delta: float = _DELTA, dp_clip: float = _CLIP,
     dp_noise: float = _NOISE,
+    wait: float = typer.Option(600.0, "--wait", min=1.0,
+                               help="Seconds to keep retrying while the server is not up."),
 ) -> None:
     """Join a federation as one site; only model updates leave this machine."""
     with user_errors():
@@ -140,5 +142,5 @@ def client_cmd(
                              "$TRANSMED_FEDERATED_TOKEN")  # fmt: skip
         cfg = _load(config)
         join(cfg, data, work, server, token, dp=_dp(dp_epsilon, dp_delta, dp_clip, dp_noise),
-             ca_cert=ca_cert)  # fmt: skip
+             ca_cert=ca_cert, max_wait_s=wait)  # fmt: skip
         typer.echo("the federation has ended")

@@ -4,7 +4,10 @@ Each round the site loads the global weights, runs ``local_epochs`` epochs of
 :class:`transmed.training.trainer.Trainer` (same loss, augmentation, checkpoints: there is no
 second training loop) from them, and returns the new weights. With DP the trainer's model and
 optimizer are wrapped for DP-SGD (:mod:`transmed.federated.privacy`) and ε is reported each
-round. FedProx adds μ(w − w_global) to the gradient before each optimizer step.
+round. FedProx adds μ(w − w_global) to the gradient before each optimizer step. The local steps
+follow the federation's one learning-rate schedule (:func:`~transmed.federated.config.global_lr`)
+and, by default, AdamW's state carries over from the site's previous round
+(:mod:`transmed.federated.local`).
 
 What leaves the site (:meth:`TransMedClient.fit`): the weights, the number of training cases
 (FedAvg's weight), and numeric metrics (mean loss, steps, ε, the model fingerprint and the
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +71,21 @@ class SiteTrainer:
         rounds: rounds the site plans to take part in (DP calibrates its noise for them).
         local_epochs: trainer epochs per round.
         dp: DP-SGD settings, or None.
+        keep_optimizer_state: carry AdamW's state from one round to the next (in memory: a
+            restarted site starts a fresh AdamW).
     """
 
     def __init__(self, data: Path, work_dir: Path, train: TrainConfig, *, rounds: int,
                  local_epochs: int = 1, dp: DPSettings | None = None, seed: int = 0,
-                 device: str = "cpu", progress: bool = False) -> None:  # fmt: skip
+                 device: str = "cpu", progress: bool = False,
+                 keep_optimizer_state: bool = True,
+                 local_lr_schedule: str = "global") -> None:  # fmt: skip
         from transmed.models import create_model
 
+        self.keep_optimizer_state = keep_optimizer_state
+        self.global_schedule = local_lr_schedule == "global"
+        self.optimizer_state: dict[str, Any] | None = None
+        self.rounds = rounds
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.folder, self.case_ids = load_site_data(Path(data), self.work_dir / "preprocessed")
@@ -136,8 +148,9 @@ class SiteTrainer:
             )
 
     def round_config(self, cfg: dict[str, Any]) -> TrainConfig:
-        """This round's TrainConfig: the server's round lr, no warm-up, the global position of
-        the dynamic-convolution temperature schedule, a seed of its own, no validation."""
+        """This round's TrainConfig: the peak lr (the steps' rates come from :meth:`lr_at`),
+        no per-run warm-up, the global position of the dynamic-convolution temperature
+        schedule, a seed of its own, no validation."""
         r = int(cfg["round"])
         e0 = (r - 1) * self.local_epochs
         t = self.train
@@ -146,13 +159,24 @@ class SiteTrainer:
         end = temperature_schedule(e0 + self.local_epochs, t.temperature_epochs,
                                    t.temperature_start, t.temperature_end)  # fmt: skip
         return t.model_copy(update={
-            "epochs": self.local_epochs, "lr": float(cfg.get("lr", t.lr)), "warmup_epochs": 0.0,
+            "epochs": self.local_epochs,
+            "lr": float(cfg.get("lr_peak", t.lr) if self.global_schedule else cfg.get("lr", t.lr)),
+            "warmup_epochs": 0.0,
             "temperature_start": start, "temperature_end": end,
             "temperature_epochs": float(self.local_epochs) if start != end else 0.0,
             "val_fraction": 0.0, "seed": self.seed * 100_003 + r, "num_workers": 0,
             # DP-SGD's clipping and noise are calibrated in fp32
             **({"precision": "fp32"} if self.dp is not None else {}),
         })  # fmt: skip
+
+    def lr_at(self, cfg: dict[str, Any]) -> Callable[[int], float]:
+        """The round's local step → learning rate, on the federation's one schedule."""
+        from transmed.federated.config import global_lr
+
+        r, rounds = int(cfg["round"]), int(cfg.get("rounds", self.rounds))
+        k = self.local_epochs * self.train.iters_per_epoch
+        peak = float(cfg.get("lr_peak", self.train.lr))
+        return lambda j: global_lr(self.train, r, rounds, k, j, peak)
 
     def fit(self, weights: list[np.ndarray], cfg: dict[str, Any],
             ) -> tuple[list[np.ndarray], dict[str, Any]]:  # fmt: skip
@@ -175,10 +199,13 @@ class SiteTrainer:
             shutil.rmtree(run_dir)
         t0 = time.perf_counter()
         mu = float(cfg.get("proximal_mu", 0.0))
-        new_state, history = run_local_training(
+        new_state, history, opt_state = run_local_training(
             config, self.folder, run_dir, self.case_ids, self.model.state_dict(),
-            proximal_mu=mu, dp=self.dp, device=self.device, progress=self.progress,
+            proximal_mu=mu, dp=self.dp, lr_at=self.lr_at(cfg) if self.global_schedule else None,
+            optimizer_state=self.optimizer_state, device=self.device, progress=self.progress,
         )  # fmt: skip
+        if self.keep_optimizer_state:
+            self.optimizer_state = opt_state
         self._save_ledger()  # before anything leaves the site
         self.model.load_state_dict(new_state)
         for old in sorted((self.work_dir / "rounds").glob("round_*")):

@@ -15,6 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from transmed.federated.privacy import DPSettings
 from transmed.training.config import ConfigError, TrainConfig
+from transmed.training.schedule import lr_factor
+
+
+def global_lr(train: TrainConfig, server_round: int, rounds: int, steps_per_round: int,
+              local_step: int, peak_lr: float | None = None) -> float:  # fmt: skip
+    """Learning rate of a site's ``local_step`` (0-based) in ``server_round`` (1-based).
+
+    The federation follows ONE schedule, the trainer's (``train.schedule``, warm-up
+    ``train.warmup_epochs`` epochs at the start of round 1), over ``rounds × steps_per_round``
+    steps: a round continues where the previous one stopped, as a centralised run's epochs do.
+    """
+    total = max(1, rounds * steps_per_round)
+    warmup = int(train.warmup_epochs * train.iters_per_epoch)
+    step = min((server_round - 1) * steps_per_round + local_step, total - 1)
+    peak = train.lr if peak_lr is None else peak_lr
+    return float(peak * lr_factor(step, total, min(warmup, total - 1), train.schedule))
 
 
 class FederatedConfig(BaseModel):
@@ -31,14 +47,19 @@ class FederatedConfig(BaseModel):
     fraction_fit: float = Field(1.0, gt=0.0, le=1.0)
     round_timeout_s: float | None = Field(None, gt=0.0)  # a site slower than this is dropped
     dp: DPSettings | None = None  # DP-SGD at every site (simulate); a real site sets its own
+    # each site carries its AdamW moments over from its previous round (they never leave it)
+    keep_optimizer_state: bool = True
+    # "global": local steps follow the federation's one schedule (global_lr); "per_round": each
+    # round is a fresh trainer schedule from round_lr decaying to 0 (the behaviour before
+    # 2026-11-30, kept for the study's ablation)
+    local_lr_schedule: Literal["global", "per_round"] = "global"
 
     def steps_per_round(self) -> int:
         return self.local_epochs * self.train.iters_per_epoch
 
     def round_lr(self, server_round: int) -> float:
-        """Peak learning rate of a round: poly decay over rounds (the trainer decays within)."""
-        progress = (server_round - 1) / self.rounds
-        return float(self.train.lr * (1.0 - progress) ** 0.9)
+        """Learning rate at the first local step of a round (:func:`global_lr`)."""
+        return global_lr(self.train, server_round, self.rounds, self.steps_per_round(), 0)
 
 
 def load_federated_config(path: str | Path | None = None, **overrides: Any) -> FederatedConfig:

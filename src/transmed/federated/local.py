@@ -3,6 +3,13 @@
 The trainer starts from the global weights (``init_state``) and, through its ``hooks``, gets
 the federated additions, none of which is a training loop of its own:
 
+- the learning rate: an optimizer step pre-hook sets each local step's rate from the
+  federation's global schedule (``lr_at``), so a round continues the schedule where the last one
+  stopped instead of decaying to ~0 within every round (the trainer's own per-run schedule
+  would: with 4 local steps its poly decay averages 0.65 of the round's rate and ends at 0.29);
+- the optimizer state: AdamW's moments and step count are carried over from the site's previous
+  round (``optimizer_state``), instead of a fresh AdamW (bias-corrected, sign-like first steps)
+  every round. They stay at the site: only weights are sent;
 - FedProx: an optimizer step pre-hook adds μ(w − w_global) to each gradient (after DP-SGD's
   clipping and noise: the proximal term uses no data, so it costs no privacy);
 - DP-SGD: the model is wrapped for per-sample gradients, the optimizer by Opacus's
@@ -12,7 +19,7 @@ the federated additions, none of which is a training loop of its own:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +53,42 @@ class PerSampleLoss(nn.Module):
 
 class FederatedHooks:
     """What the trainer lets a federated site change: the model/optimizer/loss it steps with
-    (:meth:`wrap`, once per run) and each epoch's batches (:meth:`batches`)."""
+    (:meth:`wrap`, once per run) and each epoch's batches (:meth:`batches`).
+
+    Args:
+        global_state: the round's global weights (FedProx's anchor).
+        proximal_mu: FedProx μ (0: FedAvg).
+        dp: DP-SGD at this site, or None.
+        lr_at: learning rate of the run's local step ``j`` (0-based); it overrides the trainer's
+            per-run schedule (the trainer's ``lr`` column then shows its own, unused, value).
+        optimizer_state: the site's optimizer ``state_dict`` from its previous round.
+    """
 
     def __init__(self, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0,
-                 dp: DPTraining | None = None) -> None:  # fmt: skip
+                 dp: DPTraining | None = None, *, lr_at: Callable[[int], float] | None = None,
+                 optimizer_state: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.global_state = {k: v.detach().clone() for k, v in global_state.items()}
         self.mu = float(proximal_mu)
         self.dp = dp
+        self.lr_at = lr_at
+        self.optimizer_state = optimizer_state
+        self.lrs: list[float] = []  # the rate of each local step taken (for the round's record)
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
              ) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module]:  # fmt: skip
+        if self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
+        if self.lr_at is not None:
+            lr_at, lrs = self.lr_at, self.lrs
+
+            def set_lr(opt: torch.optim.Optimizer, *_: Any) -> None:
+                lr = float(lr_at(len(lrs)))
+                lrs.append(lr)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+
+            # on the base optimizer: inside DPOptimizer.step it runs only for real steps
+            optimizer.register_step_pre_hook(set_lr)
         if self.mu > 0:
             named = dict(model.named_parameters())
             anchors = [(named[k], v.to(named[k].device)) for k, v in self.global_state.items()
@@ -91,22 +124,24 @@ def run_local_training(
     *,
     proximal_mu: float = 0.0,
     dp: DPTraining | None = None,
+    lr_at: Callable[[int], float] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
     device: str = "cpu",
     progress: bool = False,
-) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
     """Train ``config.epochs`` epochs from ``global_state`` on ``case_ids``.
 
-    Returns the final weights (read back from the run's ``final.pt``) and the epoch history.
+    Returns the final weights, the epoch history and the optimizer state (read back from the
+    run's ``final.pt``).
     """
     from transmed.training.trainer import Trainer, write_run_files
 
     split = {"train": sorted(case_ids), "val": []}
     write_run_files(run_dir, config, split, preprocessed)
-    extra: dict[str, Any] = {}
-    if proximal_mu > 0 or dp is not None:
-        extra["hooks"] = FederatedHooks(global_state, proximal_mu, dp)
+    hooks = FederatedHooks(global_state, proximal_mu, dp, lr_at=lr_at,
+                           optimizer_state=optimizer_state)  # fmt: skip
     trainer = Trainer(config, preprocessed, run_dir, split, device=device, progress=progress,
-                      init_state=global_state, **extra)  # fmt: skip
+                      init_state=global_state, hooks=hooks)  # fmt: skip
     trainer.run()
     ckpt = load_checkpoint(run_dir / "checkpoints" / "final.pt")
-    return ckpt["model"], list(ckpt.get("history", []))
+    return ckpt["model"], list(ckpt.get("history", [])), ckpt["optimizer"]

@@ -76,7 +76,9 @@ def build_sites(config: FederatedConfig, site_data: dict[str, Path], work: Path,
     for k, (name, data) in enumerate(sorted(site_data.items())):
         try:
             site = SiteTrainer(data, work / name, config.train, rounds=config.rounds,
-                               local_epochs=config.local_epochs, dp=dp, seed=k + 1)  # fmt: skip
+                               local_epochs=config.local_epochs, dp=dp, seed=k + 1,
+                               keep_optimizer_state=config.keep_optimizer_state,
+                               local_lr_schedule=config.local_lr_schedule)  # fmt: skip
         except (SiteDataError, PrivacyError) as exc:
             log.error("site %s leaves the federation: %s", name, exc)
             refused[name] = str(exc)
@@ -138,14 +140,48 @@ def serve(config: FederatedConfig, out: Path, address: str, token: str,
     return state
 
 
+def wait_for_server(address: str, max_wait_s: float | None, interval_s: float = 1.0) -> None:
+    """Block until ``host:port`` accepts a TCP connection; ConnectionError after ``max_wait_s``."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
+    logged = False
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=5):
+                return
+        except OSError as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ConnectionError(
+                    f"the federation server {address} did not answer within {max_wait_s:g} s "
+                    f"({exc})"
+                ) from None
+            if not logged:
+                log.info("waiting for the federation server %s (%s)", address, exc)
+                logged = True
+            time.sleep(interval_s)
+
+
 def join(config: FederatedConfig, data: Path, work: Path, address: str, token: str, *,
-         dp: DPSettings | None = None, max_retries: int | None = 5,
-         ca_cert: Path | None = None) -> None:
-    """Run this site's client until the server ends the federation (``flwr`` gRPC client)."""
+         dp: DPSettings | None = None, max_retries: int | None = None,
+         max_wait_s: float | None = 600.0, ca_cert: Path | None = None) -> None:
+    """Run this site's client until the server ends the federation (``flwr`` gRPC client).
+
+    The client first waits up to ``max_wait_s`` seconds for the server to accept connections:
+    Flower's gRPC-bidi transport ignores its retry settings, so a site started before the server
+    listened failed at once, and the server then waited for it forever (the hang of the gRPC
+    test, 2026-11-30).
+    """
     from flwr.client import start_client
 
     site = SiteTrainer(data, work, config.train, rounds=config.rounds,
-                       local_epochs=config.local_epochs, dp=dp)  # fmt: skip
+                       local_epochs=config.local_epochs, dp=dp,
+                       keep_optimizer_state=config.keep_optimizer_state,
+                       local_lr_schedule=config.local_lr_schedule)  # fmt: skip
+    wait_for_server(address, max_wait_s)
     start_client(server_address=address, client=make_numpy_client(site, token).to_client(),
-                 insecure=ca_cert is None, max_retries=max_retries,
+                 insecure=ca_cert is None, max_retries=max_retries, max_wait_time=max_wait_s,
                  root_certificates=Path(ca_cert).read_bytes() if ca_cert else None)  # fmt: skip

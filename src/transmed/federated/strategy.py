@@ -157,6 +157,7 @@ def make_strategy(config: FederatedConfig, state: FederationState, *, token: str
             nonce = secrets.token_hex(16)
             self.nonces[server_round] = nonce
             extra = {"round": r, "rounds": config.rounds, "lr": config.round_lr(r),
+                     "lr_peak": config.train.lr,
                      "fingerprint": state.fingerprint,
                      "model_config": json.dumps(state.model.config, default=str),
                      "nonce": nonce}  # fmt: skip

@@ -103,7 +103,30 @@ def load_model_and_checkpoint(
         model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not match the model config ({exc})") from None
+    temperature = checkpoint_temperature(ckpt)
+    if temperature is not None:
+        from transmed.models.layers import set_dynamic_temperature
+
+        set_dynamic_temperature(model, temperature)
     return model.to(map_location).eval(), ckpt
+
+
+def checkpoint_temperature(ckpt: dict[str, Any]) -> float | None:
+    """The dynamic-convolution temperature τ the checkpoint's weights were trained at.
+
+    Recorded as ``dynamic_temperature`` by the trainer; for older checkpoints, recomputed from
+    their training config and epoch with the trainer's own schedule. ``None`` when neither is
+    there (an untrained model keeps its constructor's τ).
+    """
+    if ckpt.get("dynamic_temperature") is not None:
+        return float(ckpt["dynamic_temperature"])
+    cfg, epoch = ckpt.get("train_config") or {}, ckpt.get("epoch")
+    keys = ("temperature_epochs", "temperature_start", "temperature_end")
+    if epoch is None or not all(k in cfg for k in keys):
+        return None
+    from transmed.models.layers import temperature_schedule
+
+    return float(temperature_schedule(float(epoch), *(float(cfg[k]) for k in keys)))
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:

@@ -190,6 +190,10 @@ class ServiceConfig(_Strict):
     # failed studies' instances stay in storage_dir/quarantine this long (0: deleted at once)
     failed_retention_s: float = Field(7 * 24 * 3600.0, ge=0.0)
     max_quarantine_bytes: int = Field(10 * 2**30, ge=0)  # beyond: the oldest are deleted
+    # processed studies' images and predicted SEG stay in storage_dir/jobs/<id>/ this long, for
+    # review in `transmed view` (0: deleted once processed, as before the viewer existed)
+    review_retention_s: float = Field(3 * 24 * 3600.0, ge=0.0)
+    max_review_bytes: int = Field(20 * 2**30, ge=0)  # beyond: the oldest kept studies are deleted
 
     @field_validator("ae_title")
     @classmethod

@@ -60,6 +60,25 @@ class JobRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def expired(entries: list[tuple[float, Any, int]], now: float, retention_s: float,
+            max_bytes: int, names: tuple[str, str]) -> list[tuple[Any, str]]:  # fmt: skip
+    """Retention policy: of ``(since, item, size)`` entries, those older than ``retention_s``,
+    then the oldest while the total exceeds ``max_bytes``; each with the reason (``names``: the
+    two settings, for the log). Pure: deleting is the caller's."""
+    out = []
+    total = sum(size for *_, size in entries)
+    for since, item, size in sorted(entries, key=lambda e: e[0]):
+        if now - since > retention_s:
+            why = f"kept {retention_s / 3600:.0f} h ({names[0]})"
+        elif total > max_bytes:
+            why = f"over {names[1]} {max_bytes}"
+        else:
+            continue
+        total -= size
+        out.append((item, why))
+    return out
+
+
 def new_job_id(study_uid: str) -> str:
     """``<UTC time>-<study hash>-<random>``: sortable by arrival, unique, path-safe."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -74,6 +93,9 @@ class JobStore:
         retention_s: how long a failed study's instances stay in quarantine (0: deleted at
             once, with a log line).
         max_quarantine_bytes: beyond this, the oldest quarantined studies are deleted.
+        review_retention_s: how long a processed study's images (``input/``) and predicted
+            SEG (``output/``) stay for ``transmed view`` (0: deleted once processed).
+        max_review_bytes: beyond this, the oldest kept studies are deleted.
     """
 
     def __init__(
@@ -81,11 +103,15 @@ class JobStore:
         storage_dir: Path,
         retention_s: float = 7 * 24 * 3600.0,
         max_quarantine_bytes: int = 10 * 2**30,
+        *,
+        review_retention_s: float = 0.0,
+        max_review_bytes: int = 20 * 2**30,
     ) -> None:
         self.root = Path(storage_dir) / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.quarantine_root = Path(storage_dir) / "quarantine"
         self.retention_s, self.max_quarantine_bytes = retention_s, max_quarantine_bytes
+        self.review_retention_s, self.max_review_bytes = review_retention_s, max_review_bytes
         self._lock = threading.Lock()
 
     def folder(self, job_id: str) -> Path:
@@ -151,6 +177,39 @@ class JobStore:
         shutil.rmtree(self.input_dir(record.job_id), ignore_errors=True)
         shutil.rmtree(self.output_dir(record.job_id), ignore_errors=True)
 
+    def finish(self, record: JobRecord) -> None:
+        """A processed job: keep its images and SEG for review (``review_retention_s`` > 0;
+        ``transmed view STORAGE`` reads ``input/`` and ``output/*.dcm``), else :meth:`clean`."""
+        if self.review_retention_s <= 0:
+            self.clean(record)
+
+    def purge_reviews(self, now: float | None = None) -> list[str]:
+        """Delete kept studies (:meth:`finish`) past ``review_retention_s``, then the oldest
+        beyond ``max_review_bytes``; the state file and any reviewer's ``review/`` stay. One
+        log line each; return the job ids cleaned."""
+        now = time.time() if now is None else now
+        kept = []
+        for folder in sorted(self.root.iterdir()):
+            inp = folder / "input"
+            if folder.is_symlink() or not inp.is_dir():
+                continue
+            try:
+                record = self.get(folder.name)
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            if record.state != "done":  # waiting or processing: not the purge's to delete
+                continue
+            since = record.finished_at or inp.stat().st_mtime
+            size = tree_size(inp)[1] + tree_size(folder / "output")[1]
+            kept.append((since, record, size))
+        cleaned = []
+        for record, why in expired(kept, now, self.review_retention_s, self.max_review_bytes,
+                                   ("review_retention_s", "max_review_bytes")):  # fmt: skip
+            self.clean(record)
+            cleaned.append(record.job_id)
+            log.info("study %s: job %s images deleted, %s", record.study_key, record.job_id, why)
+        return cleaned
+
     def quarantine(self, record: JobRecord) -> JobRecord:
         """Move a failed job's input to ``quarantine/<job id>/`` with its reason; drop its
         output. With ``retention_s`` 0 the input is deleted, and the log says so."""
@@ -194,18 +253,10 @@ class JobStore:
         for folder in sorted(self.quarantine_root.iterdir()):
             if folder.is_dir() and not folder.is_symlink():
                 entries.append((folder.stat().st_mtime, folder, tree_size(folder)[1]))
-        entries.sort(key=lambda e: e[0])
-        total = sum(e[2] for e in entries)
         purged = []
-        for mtime, folder, size in entries:
-            if now - mtime > self.retention_s:
-                why = f"kept {self.retention_s / 3600:.0f} h (failed_retention_s)"
-            elif total > self.max_quarantine_bytes:
-                why = f"quarantine beyond max_quarantine_bytes {self.max_quarantine_bytes}"
-            else:
-                continue
+        for folder, why in expired(entries, now, self.retention_s, self.max_quarantine_bytes,
+                                   ("failed_retention_s", "max_quarantine_bytes")):  # fmt: skip
             shutil.rmtree(folder, ignore_errors=True)
-            total -= size
             purged.append(folder.name)
             log.info("quarantine: deleted the instances of failed job %s: %s", folder.name, why)
         return purged

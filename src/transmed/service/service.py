@@ -92,7 +92,9 @@ class DicomNode:
         os.chmod(root, 0o700)  # patient images: the service account only
         self.budget = DiskBudget(cfg.limits.max_storage_bytes)
         self.store = IncomingStore(root, cfg.limits, self.budget)
-        self.jobs = JobStore(root, cfg.failed_retention_s, cfg.max_quarantine_bytes)
+        self.jobs = JobStore(root, cfg.failed_retention_s, cfg.max_quarantine_bytes,
+                             review_retention_s=cfg.review_retention_s,
+                             max_review_bytes=cfg.max_review_bytes)  # fmt: skip
         self.outbox = Outbox(root)
         studies = self.store.recover()
         pending = self.jobs.recover()
@@ -239,7 +241,11 @@ class DicomNode:
                 self.assembler.tick()
                 if time.monotonic() >= next_purge:
                     self.jobs.purge_quarantine()
-                    next_purge = time.monotonic() + min(60.0, self.config.failed_retention_s)
+                    self.jobs.purge_reviews()
+                    next_purge = time.monotonic() + min(
+                        60.0, self.config.failed_retention_s,
+                        self.config.review_retention_s or 60.0,
+                    )  # fmt: skip
             except Exception as exc:  # disk trouble: log, keep trying
                 log.error("assembler: %s: %s", type(exc).__name__, exc)
                 time.sleep(1.0)

@@ -5,13 +5,16 @@ It runs the same inference path as ``transmed predict`` on DICOM input
 one study (a :class:`~transmed.io.dicom.DicomError` for bad input, or anything else) is
 recorded in that study's state file and logged with the study's hash, and the worker goes on
 with the next.
-The study's images are deleted once it is processed; a failed study's go to the quarantine
-(:meth:`~transmed.service.jobs.JobStore.quarantine`) with the reason.
+A processed study's images, with a copy of its predicted SEG in ``output/``, stay for
+``review_retention_s`` so ``transmed view`` can show and correct it
+(:meth:`~transmed.service.jobs.JobStore.finish`; 0 deletes them at once); a failed study's go
+to the quarantine (:meth:`~transmed.service.jobs.JobStore.quarantine`) with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import traceback
@@ -103,6 +106,10 @@ class InferenceWorker:
                 first_received_at=record.first_received_at or None,
                 completed_at=record.completed_at or None,
             )
+            if self.jobs.review_retention_s > 0:  # the outbox deletes its copy once delivered
+                kept = output_dir / f"kept_{item.item_id}.dcm"
+                if kept != result.seg_path:
+                    shutil.copyfile(result.seg_path, kept)
             self.outbox.add(result.seg_path, item)
         except Exception as exc:
             self._failed(record, exc, input_dir)
@@ -146,7 +153,7 @@ class InferenceWorker:
         self.budget.release(record.bytes)
 
     def _finish(self, record: JobRecord) -> None:
-        self.jobs.clean(record)
+        self.jobs.finish(record)  # kept for review: out of the incoming budget, own cap
         self.budget.release(record.bytes)
 
     def _loop(self) -> None:

@@ -138,6 +138,7 @@ def train_generalist(out: Path, config: TrainConfig | None = None, *, resume: bo
 
     out = Path(out)
     gen_file = out / "generator.json"
+    init_state = None
     if resume:
         if not gen_file.is_file() or not (out / "checkpoints" / "latest.pt").is_file():
             raise ConfigError(f"{out}: not a generalist run to resume")
@@ -152,6 +153,10 @@ def train_generalist(out: Path, config: TrainConfig | None = None, *, resume: bo
         if (out / "checkpoints").exists() or (out / "config.json").exists():
             raise ConfigError(f"{out}: already holds a run; use --resume to continue it")
         config = config or generalist_config()
+        if config.init_from:  # start from a shipped model, a checkpoint or a run
+            from transmed.training.run import initial_weights
+
+            config, init_state = initial_weights(config)
         generator = generator or GeneratorConfig(patch_size=tuple(config.patch_size))
         spacing = GENERALIST_SPACING
         write_run_files(out, config, {"train": [], "val": []}, Path("generator"))
@@ -181,6 +186,6 @@ def train_generalist(out: Path, config: TrainConfig | None = None, *, resume: bo
         config, None, out, {"train": [], "val": [p.stem for p in generated]}, device=device,
         progress=progress, train_dataset=dataset, val_paths=generated,
         extra_val={"cohort": cohort}, preprocess_config=generalist_preprocess_config(),
-        extra_state=extra_state,
+        extra_state=extra_state, init_state=init_state,
     )  # fmt: skip
     return trainer.run(resume=resume)

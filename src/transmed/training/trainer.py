@@ -210,6 +210,12 @@ class Trainer:
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "epoch": epoch,
+            # the τ these weights were trained at: inference must use it (models are built at
+            # the constructor's τ, 30, and dynamic convolution mixes its kernels by it)
+            "dynamic_temperature": temperature_schedule(
+                epoch, self.config.temperature_epochs, self.config.temperature_start,
+                self.config.temperature_end,
+            ),
             "best_dice": best,
             "history": history,
             "torch_rng": torch.get_rng_state(),

@@ -405,6 +405,12 @@ def preprocess_case(
         seconds["brain_extraction"] = time.perf_counter() - t0
         results, seconds["coregistration"] = pending.result()
     extra["coregistration"] = {"mode": config.coregistration, **results.pop("_decision")}
+    for m, why in extra["coregistration"].get("dropped", {}).items():
+        # only with missing_modalities="zero" (otherwise the RegistrationError propagates)
+        vols[m] = None
+        present.remove(m)
+        extra["missing"].append(m)
+        warnings.append(f"{why}: left out, predicted without it (zero channel)")
     extra["registration"] = {m: r.summary() for m, r in results.items()}
     if config.coregistration == "rigid":  # kept for readers of earlier records
         extra["rigid_world_transforms"] = {m: r.matrix.tolist() for m, r in results.items()}
@@ -549,15 +555,24 @@ def _coregistration(
     fixed = spatial.resample_to_grid(ref.data, ref.affine, grid, order=1)  # type: ignore[union-attr]
     method = fg.choose_method(np.asarray(ref.data), config.foreground)  # type: ignore[union-attr]
     mask = fg.foreground_mask(fixed[None], method)
+    from transmed.transforms.registration import RegistrationError
+
     def one(m: str) -> Any:  # one thread per series: ITK runs single-threaded (repeatable)
         moving = spatial.resample_to_grid(vols[m].data, vols[m].affine, grid, order=1)  # type: ignore[union-attr]
         forced = config.coregistration == "rigid" or m in other_frame
-        return coregister(fixed, moving, grid.affine, fixed_mask=mask, force=forced,
-                          name=_series_name(m, vols[m]))  # type: ignore[arg-type]  # fmt: skip
+        try:
+            return coregister(fixed, moving, grid.affine, fixed_mask=mask, force=forced,
+                              name=_series_name(m, vols[m]))  # type: ignore[arg-type]  # fmt: skip
+        except RegistrationError as exc:
+            if config.missing_modalities != "zero":
+                raise
+            return exc  # a model trained with missing series: predict without this one
 
     with ThreadPoolExecutor(REGISTRATION_WORKERS, thread_name_prefix="transmed-reg") as pool:
         done = dict(zip(others, pool.map(one, others), strict=True))
     out: dict[str, Any] = {}
+    dropped = {m: str(r) for m, r in done.items() if isinstance(r, RegistrationError)}
+    done = {m: r for m, r in done.items() if m not in dropped}
     for m, result in done.items():
         if m in other_frame:
             result.reason = "another FrameOfReferenceUID than the reference series"
@@ -572,6 +587,7 @@ def _coregistration(
         "other_frame_of_reference": sorted(other_frame),
         "grid_spacing_mm": REGISTRATION_SPACING,
         "checks": {m: r.summary() for m, r in kept.items()},
+        "dropped": dropped,  # series that could not be registered, left out (missing: zero)
     }  # fmt: skip
     return {**out, "_decision": decision}
 

@@ -29,13 +29,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from transmed.data.labels import MODALITIES
 from transmed.viewer import saving
 from transmed.viewer.sources import Catalogue, ViewerError, inside
-from transmed.viewer.volumes import LoadedCase, image_nifti, labels_nifti, load
+from transmed.viewer.volumes import (
+    Encoded,
+    LoadedCase,
+    image_nifti,
+    labels_nifti,
+    labels_raw,
+    load,
+)
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 COOKIE = "transmed_view_token"
-#: Cases kept in memory at once: the server's memory stays bounded for any number of cases.
+#: Cases kept in memory at once: the server's memory stays bounded for any number of cases
+#: (a 240 × 240 × 155 case with its labels and four encoded modalities: about 130 MB).
 CACHE_CASES = 2
+#: Images do not change while the server runs: the browser may reuse them, revalidating by ETag.
+IMAGE_CACHE = "private, max-age=3600"
 
 
 class TokenMiddleware:
@@ -88,6 +98,9 @@ class Viewer:
                 self._cache.move_to_end(case_id)
                 return self._cache[case_id]
         with self.case_lock(case_id):
+            with self._lock:  # loaded by the request this one waited for
+                if case_id in self._cache:
+                    return self._cache[case_id]
             item = load(case)
         with self._lock:
             self._cache[case_id] = item
@@ -99,15 +112,46 @@ class Viewer:
         with self._lock:
             return list(self._cache)
 
+    def warm(self, case_id: str) -> None:
+        """Load ``case_id`` and encode what the page fetches first (labels, the T1ce or first
+        modality), so a page opened right after start finds them ready. Errors are left to
+        the page's own request to report."""
+        try:
+            item = self.loaded(case_id)
+            mods = modalities(item)
+            item.encoded("labels.raw", lambda: labels_raw(item))
+            if mods:
+                first = "t1ce" if "t1ce" in mods else mods[0]
+                item.encoded(f"image/{first}", lambda: image_nifti(item, first))
+        except Exception as exc:  # best effort: the page's own request reports the problem
+            log.debug("warming case %s: %s", case_id, exc)
+
+
+def modalities(item: LoadedCase) -> list[str]:
+    """The case's modalities in :data:`MODALITIES` order."""
+    have = item.dicom[0].series if item.dicom else item.case.images
+    return [m for m in MODALITIES if m in have]
+
 
 def _error(exc: Exception, status: int = 422) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 
+def _bytes(request: Request, item: Encoded, cache: str) -> Response:
+    """``item`` (or 304 when the browser holds that version)."""
+    headers = {"ETag": item.etag, "Cache-Control": cache}
+    if request.headers.get("if-none-match") == item.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(item.data, media_type="application/octet-stream", headers=headers)
+
+
 def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
-              send_outbox: Any = None) -> Starlette:  # fmt: skip
-    """The ASGI app for ``cat``; ``hosts``: accepted Host headers (DNS-rebinding guard)."""
+              send_outbox: Any = None, warm: str | None = None) -> Starlette:  # fmt: skip
+    """The ASGI app for ``cat``; ``hosts``: accepted Host headers (DNS-rebinding guard);
+    ``warm``: a case to prepare in the background from the start (the one the page opens)."""
     viewer = Viewer(cat, send_outbox=send_outbox)
+    if warm is not None:
+        threading.Thread(target=viewer.warm, args=(warm,), name="viewer-warm", daemon=True).start()
 
     async def index(request: Request) -> Response:
         response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -130,7 +174,7 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
         except ViewerError as exc:
             return _error(exc)
         case = item.case
-        mods = [m for m in MODALITIES if m in (item.dicom[0].series if item.dicom else case.images)]
+        mods = modalities(item)
         ras = item.ras_grid
         return JSONResponse({
             "id": cid, "kind": case.kind, "modalities": mods, "shape": list(ras.shape),
@@ -143,15 +187,18 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
             "saved_to": saving.target_paths(item, cat.root)[0].name,
         })  # fmt: skip
 
+    # Sync handlers: Starlette runs them in its thread pool, so reading and encoding a volume
+    # never blocks the event loop (the case list and a second volume are served meanwhile).
     def image(request: Request) -> Response:
         cid, mod = request.path_params["cid"], request.path_params["mod"]
         if mod not in MODALITIES:
             return _error(ValueError(f"unknown modality {mod!r}"), 404)
         try:
-            data = image_nifti(viewer.loaded(cid), mod)
+            item = viewer.loaded(cid)
+            encoded = item.encoded(f"image/{mod}", lambda: image_nifti(item, mod))
         except ViewerError as exc:
             return _error(exc)
-        return Response(data, media_type="application/octet-stream")
+        return _bytes(request, encoded, IMAGE_CACHE)
 
     def labels(request: Request) -> Response:
         try:
@@ -159,6 +206,16 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
         except ViewerError as exc:
             return _error(exc)
         return Response(data, media_type="application/octet-stream")
+
+    def labels_bitmap(request: Request) -> Response:
+        """The labels as NiiVue's drawing bitmap (raw bytes, RAS order), revalidated by ETag
+        on every request (``no-cache``)."""
+        try:
+            item = viewer.loaded(request.path_params["cid"])
+            encoded = item.encoded("labels.raw", lambda: labels_raw(item))
+        except ViewerError as exc:
+            return _error(exc)
+        return _bytes(request, encoded, "no-cache")
 
     async def save(request: Request) -> Response:
         body = await request.body()
@@ -219,6 +276,7 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
         Route("/api/cases/{cid}", case_info),
         Route("/api/cases/{cid}/image/{mod}.nii", image),
         Route("/api/cases/{cid}/labels.nii", labels),
+        Route("/api/cases/{cid}/labels.raw", labels_bitmap),
         Route("/api/cases/{cid}/save", save, methods=["POST"]),
         Route("/api/cases/{cid}/send", send, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

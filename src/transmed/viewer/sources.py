@@ -4,8 +4,8 @@ PATH may be
 
 - the storage folder of ``transmed serve`` (``jobs/`` and ``outbox/``): every job whose study
   images are still on disk (``jobs/<id>/input/``) with its SEG (in ``outbox/`` or the job's
-  ``output/``); the node deletes images once a study is processed, so finished jobs are listed
-  with that reason;
+  ``output/``); the node keeps both for ``review_retention_s`` after processing, so older
+  jobs are listed with that reason;
 - a ``transmed predict`` output folder (``predict_summary.json``): every case predicted, the
   images found from the input recorded in the summary or ``--images``; with ``--images``, any
   folder of ``<case>.nii.gz`` predictions (a training run's ``predictions/``, a CV's ``oof/``);
@@ -264,7 +264,7 @@ def _from_storage(root: Path) -> list[ViewCase]:
         if (folder / "input").is_dir():
             case.dicom_folder = folder / "input"
         else:
-            case.problem = "images deleted by the node after processing"
+            case.problem = "images deleted by the node (past its review_retention_s)"
         if case.seg is None and case.problem is None:
             case.problem = f"no SEG on disk (job {state.get('state', '?')})"
         cases.append(case)

@@ -10,23 +10,44 @@ onto the prediction's grid (trilinear) for display only.
 
 A label map on another grid than the T1ce, or one that cannot be read, is refused with a
 :class:`~transmed.viewer.sources.ViewerError` the page shows; it is never shown misaligned.
+
+What the page downloads is encoded once per case and kept with it (:meth:`LoadedCase.encoded`,
+dropped with the case from the server's LRU): images as uncompressed NIfTI (gzip cost the server
+~1 s and the page more per volume on loopback), 16-bit with a scale slope for float data, and
+with ``cal_min``/``cal_max`` set to the display range, so NiiVue skips its own histogram.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.orientations import apply_orientation
 
-from transmed.data.labels import CLASS_NAMES, REGIONS, LabelConvention, labels_to_regions
+from transmed.data.labels import CLASS_NAMES, REGIONS, LabelConvention
 from transmed.io.nifti import DEFAULT_MAX_VOXELS, check_nifti_header, load_volume
 from transmed.transforms import spatial
 from transmed.viewer.sources import ViewCase, ViewerError
 
 #: Largest distance (mm) between two affines' entries that still counts as the same grid.
 GRID_ATOL_MM = 1e-3
+#: Display window: these percentiles of the non-zero voxels (NiiVue's own default is 2-98 %).
+WINDOW_PERCENTILES = (2.0, 98.0)
+#: Voxels sampled (at most) to find the display window.
+WINDOW_SAMPLE = 1_000_000
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Bytes the page downloads, with their entity tag (a hash of the bytes)."""
+
+    data: bytes
+    etag: str
 
 
 @dataclass
@@ -40,6 +61,21 @@ class LoadedCase:
     convention: LabelConvention
     dicom: Any = None  # (DicomStudy, reference DicomSeries) for a DICOM case
     _volumes: dict[str, Any] = field(default_factory=dict)  # DICOM: modality -> Volume
+    _encoded: dict[str, Encoded] = field(default_factory=dict)  # key -> bytes served
+    _encode_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def encoded(self, key: str, build: Callable[[], bytes]) -> Encoded:
+        """``build()`` once per key (an image modality, the labels), then from memory.
+
+        One lock per case: a second request for the case waits for the first encoding instead
+        of repeating it (the page asks for the image and the labels at once).
+        """
+        with self._encode_lock:
+            if key not in self._encoded:
+                data = build()
+                tag = hashlib.blake2b(data, digest_size=12).hexdigest()
+                self._encoded[key] = Encoded(data, f'"{tag}"')
+            return self._encoded[key]
 
     @property
     def to_ras(self) -> np.ndarray:
@@ -54,13 +90,13 @@ class LoadedCase:
         return float(abs(np.linalg.det(self.grid.affine[:3, :3]))) / 1000.0
 
     def volumes_ml(self, internal: np.ndarray | None = None) -> dict[str, float]:
-        """Volume (ml) of WT, TC, ET and of each label."""
+        """Volume (ml) of WT, TC, ET and of each label (one count of the label map: the nested
+        regions are sums of labels, WT = 1+2+3, TC = 1+3, ET = 3)."""
         lab = self.internal if internal is None else internal
-        regions = labels_to_regions(lab)
-        counts = np.bincount(lab.ravel(), minlength=4)
-        out = {r: float(regions[i].sum()) * self.voxel_ml for i, r in enumerate(REGIONS)}
-        out.update({CLASS_NAMES[c]: float(counts[c]) * self.voxel_ml for c in (1, 2, 3)})
-        return {k: round(v, 3) for k, v in out.items()}
+        n = [0] + [np.count_nonzero(lab == c) for c in (1, 2, 3)]  # no int64 copy of the map
+        voxels = dict(zip(REGIONS, (n[1] + n[2] + n[3], n[1] + n[3], n[3]), strict=True))
+        voxels.update({CLASS_NAMES[c]: n[c] for c in (1, 2, 3)})
+        return {k: round(float(v) * self.voxel_ml, 3) for k, v in voxels.items()}
 
     def from_ras_bitmap(self, data: bytes) -> np.ndarray:
         """NiiVue's drawing bitmap (RAS order, x fastest) → internal labels in file order.
@@ -79,6 +115,10 @@ class LoadedCase:
 
     def ras(self, data: np.ndarray) -> np.ndarray:
         return spatial.reorient(data, self.to_ras)
+
+    def ras_fortran(self, data: np.ndarray) -> np.ndarray:
+        """:meth:`ras` laid out x fastest (NIfTI's and NiiVue's order): one copy, not two."""
+        return np.asfortranarray(apply_orientation(data, self.to_ras))
 
     def image(self, modality: str) -> np.ndarray:
         """The modality's intensities on the reference grid, file voxel order (float32 or the
@@ -114,6 +154,17 @@ class LoadedCase:
         return spatial.resample_to_grid(data, affine, self.grid, order=1)
 
 
+def _values_present(values: np.ndarray) -> set[int]:
+    """The distinct values of an integer label map; a few comparisons for label-like ranges
+    instead of a sort of every voxel (np.unique took ~1 s for a 240 × 240 × 155 map)."""
+    if values.size == 0:
+        return set()
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo < 16:
+        return {v for v in range(lo, hi + 1) if v in (lo, hi) or bool((values == v).any())}
+    return {int(v) for v in np.unique(values)}
+
+
 def _same_grid(shape: tuple[int, ...], affine: np.ndarray, grid: spatial.Grid) -> bool:
     return tuple(shape[:3]) == tuple(grid.shape) and np.allclose(
         affine, grid.affine, atol=GRID_ATOL_MM
@@ -142,7 +193,7 @@ def _load_nifti(case: ViewCase, max_voxels: int) -> LoadedCase:
             f"{case.images[ref_mod].name} ({ref_grid.shape}); refusing to show it misaligned"
         )
     values = vol.data
-    conv = case.label_convention({int(v) for v in np.unique(values)})
+    conv = case.label_convention(_values_present(values))
     from transmed.data.labels import to_internal
 
     try:
@@ -218,12 +269,68 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     return bytes(img.to_bytes())
 
 
+def display_window(data: np.ndarray) -> tuple[float, float]:
+    """(low, high) intensities of the display: :data:`WINDOW_PERCENTILES` of the non-zero
+    voxels of an even sample of at most :data:`WINDOW_SAMPLE` voxels."""
+    step = max(1, round((data.size / WINDOW_SAMPLE) ** (1 / 3)))
+    sample = data[::step, ::step, ::step] if data.ndim == 3 else data.reshape(-1)[:: step**3]
+    sample = sample[sample != 0]
+    if sample.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(sample, WINDOW_PERCENTILES))
+    if not hi > lo:
+        lo, hi = float(sample.min()), float(sample.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def display_nifti(data: np.ndarray, affine: np.ndarray) -> bytes:
+    """An image for display as uncompressed NIfTI-1 bytes, with its window in the header.
+
+    Integer images that fit 16 bits keep their type and values. Anything else (float MR, after
+    z-scoring) becomes int16 with the header's scale slope and intercept: 65,535 levels over
+    the image's range, half the bytes of float32, on a texture type NiiVue supports.
+    ``cal_min``/``cal_max`` hold :func:`display_window`, which NiiVue then uses as is.
+    """
+    arr = np.asarray(data)
+    slope, inter = 1.0, 0.0
+    if arr.dtype in (np.uint8, np.int16) or (
+        np.issubdtype(arr.dtype, np.integer) and arr.size
+        and int(arr.min()) >= -32768 and int(arr.max()) <= 32767
+    ):  # fmt: skip
+        out = arr if arr.dtype in (np.uint8, np.int16) else arr.astype(np.int16)
+    else:
+        work = np.nan_to_num(arr.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = (float(work.min()), float(work.max())) if work.size else (0.0, 0.0)
+        slope = (hi - lo) / 65534.0 if hi > lo else 1.0
+        inter = (hi + lo) / 2.0  # stored -32767..32767 spans lo..hi
+        out = np.rint((work - inter) / slope).astype(np.int16)
+        arr = work
+    window = display_window(arr)
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(out.dtype)
+    hdr.set_data_shape(out.shape)
+    aff = np.asarray(affine, dtype=np.float64)
+    hdr.set_qform(aff, code=1)
+    hdr.set_sform(aff, code=1)
+    hdr.set_xyzt_units("mm")
+    hdr.set_slope_inter(slope, inter)
+    hdr["cal_min"], hdr["cal_max"] = window
+    hdr["vox_offset"] = 352
+    return hdr.binaryblock + b"\0" * 4 + np.asarray(out).tobytes(order="F")
+
+
 def image_nifti(loaded: LoadedCase, modality: str) -> bytes:
-    """The modality on the reference grid in RAS voxel order, as NIfTI bytes."""
-    return nifti_bytes(loaded.ras(loaded.image(modality)), loaded.ras_grid.affine)
+    """The modality on the reference grid in RAS voxel order, as NIfTI bytes for display."""
+    return display_nifti(loaded.ras_fortran(loaded.image(modality)), loaded.ras_grid.affine)
 
 
 def labels_nifti(loaded: LoadedCase, internal: np.ndarray | None = None) -> bytes:
     """Internal labels (uint8, 0-3) in RAS voxel order, as NIfTI bytes (NiiVue's drawing)."""
     lab = loaded.internal if internal is None else internal
     return nifti_bytes(loaded.ras(lab.astype(np.uint8)), loaded.ras_grid.affine)
+
+
+def labels_raw(loaded: LoadedCase) -> bytes:
+    """Internal labels (uint8, 0-3) in RAS voxel order, x fastest: NiiVue's drawing bitmap
+    byte for byte (the page sets it directly instead of parsing a NIfTI)."""
+    return loaded.ras_fortran(loaded.internal.astype(np.uint8, copy=False)).tobytes(order="F")

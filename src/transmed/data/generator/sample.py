@@ -8,7 +8,9 @@ Steps (all parameters drawn from ``rng``, recorded in the returned ``info``):
    (the maps are L, P, S) and mirrored left-right half of the time;
 2. **head**: extra-cerebral layers grown outside the brain by that distance, with thicknesses
    modulated by a smooth field: CSF/meninges, skull (with fatty marrow), subcutaneous fat and
-   scalp; beyond them air;
+   scalp; beyond them air. In most heads, patches of the meningeal layer where that field
+   peaks become the "bright" class (enhancing dura, dural sinuses, cortical veins: bright on
+   T1ce like enhancing tumour, but not tumour);
 3. **appearance**: class means and spreads from :func:`.appearance.draw_appearance`, a smooth
    multiplicative bias field per modality, a gamma per modality;
 4. **resolution** per modality: native (a small partial-volume blur), thick slices along a
@@ -120,6 +122,10 @@ def _layers(fine: np.ndarray, dist: np.ndarray, mod: np.ndarray, t: dict[str, fl
         lo, hi = a1 + t["skull"] * t["marrow_lo"], a1 + t["skull"] * t["marrow_hi"]
         layer[(d > lo) & (d < hi)] = 12
     layer[d <= a1] = 10
+    # enhancing dura, dural sinuses and cortical veins: bright on T1ce like enhancing tumour,
+    # outside the brain, where smooth-field peaks cross the meningeal layer
+    if np.isfinite(t.get("dura", np.inf)):
+        layer[(layer == 10) & (mod > 1.0 + t["dura"])] = 8
     out[outside] = layer[outside]
     return out
 
@@ -168,7 +174,8 @@ def _draw_params(rng: np.random.Generator, cfg: GeneratorConfig) -> dict[str, An
         "layers": {"csf": float(rng.uniform(0.5, 3.0)), "skull": float(rng.uniform(3.5, 8.0)),
                    "fat": float(rng.uniform(0.5, 5.0)), "scalp": float(rng.uniform(2.0, 6.0)),
                    "marrow": marrow, "marrow_lo": lo,
-                   "marrow_hi": lo + float(rng.uniform(0.2, 0.4))},
+                   "marrow_hi": lo + float(rng.uniform(0.2, 0.4)),
+                   "dura": float(rng.uniform(0.05, 0.6)) if rng.uniform() < 0.7 else np.inf},
         "layer_noise": float(rng.uniform(0.1, 0.35)),
         "coarse": rng.standard_normal((5, _COARSE, _COARSE, _COARSE)).astype(np.float32),
         "bias": rng.uniform(0.0, cfg.bias_max, 4).astype(np.float32),

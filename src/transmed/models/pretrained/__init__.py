@@ -34,9 +34,9 @@ class PretrainedModel:
 PRETRAINED: dict[str, PretrainedModel] = {
     "generalist": PretrainedModel(
         name="generalist",
-        file="generalist_v1.pt",
-        sha256="b92747f53a6c2da671cb3fb6c2bb823c1ced3087a80fa6f94d2a60835449c5c4",
-        version="1.0",
+        file="generalist_v1_1.pt",
+        sha256="c6b8c83bfce9bda7ab63f3bf8f12ff80b9fa0be3f3c3991960d187bc2e8e8bba",
+        version="1.1",
         summary="transmed_a trained only on domain-randomised synthetic heads and brains "
         "(skull on or stripped, 1-7.5 mm slices, missing series); 1.5 mm working grid",
     ),

@@ -1,6 +1,9 @@
 // TransMed view: NiiVue (vendored, static/niivue/) with the case's labels as its drawing layer.
 // Every volume arrives on the prediction's grid in RAS voxel order (see viewer/volumes.py), so
 // NiiVue's drawing bitmap is the label map itself (internal labels 0-3, x fastest).
+// Opening a case costs one NiiVue volume load: the labels arrive as the raw bitmap, the draw
+// colours change without re-uploading the volume, and the other modalities download after the
+// first render (timings: benchmarks/viewer_open_time.py).
 "use strict";
 const $ = (id) => document.getElementById(id);
 const REGIONS = {
@@ -10,12 +13,41 @@ const REGIONS = {
 const state = {
   caseId: null, info: null, modality: null, shown: { WT: true, TC: true, ET: true, NCR: true, ED: true },
   tool: "navigate", openedAt: 0, firstEditAt: null, redo: [], ready: false, error: null,
+  prefetched: {}, // modality -> Promise<Blob> of the open case, fetched after the first render
 };
 const nv = new niivue.Niivue({
   backColor: [0, 0, 0, 1], show3Dcrosshair: true, isOrientCube: false, logLevel: "error",
   dragAndDropEnabled: false, crosshairWidth: 1, crosshairColor: [0.2, 0.6, 1, 0.6],
 });
 window.tm = { nv, state };
+
+// NiiVue computes a gradient texture (a blur and a Sobel pass over the whole volume) each time
+// a background volume loads. Only its gradient-lit renderers read it; this page uses the plain
+// volume renderer (gradientAmount 0), whose 3D view is the same without it. On a software
+// WebGL (headless chromium, a machine without a GPU) the two passes took ~85 % of the open
+// time, so they get a shader that draws nothing. Skipped when NiiVue's names change.
+const GRADIENT_SHADERS = ["blurShader", "sobelFirstOrderShader", "gradientPrePassShader",
+  "sobelSecondOrderShader"];
+function skipGradientPasses() {
+  const gl = nv.gl;
+  if (!gl || !GRADIENT_SHADERS.every((k) => k in nv) || nv.opts.gradientAmount) return false;
+  const shader = (type, src) => {
+    const sh = gl.createShader(type);
+    gl.shaderSource(sh, src); gl.compileShader(sh);
+    return sh;
+  };
+  const program = gl.createProgram();
+  // Every vertex outside the clip volume: the draw calls rasterise no fragment at all.
+  gl.attachShader(program, shader(gl.VERTEX_SHADER,
+    "#version 300 es\nvoid main() { gl_Position = vec4(2.0, 2.0, 2.0, 1.0); }"));
+  gl.attachShader(program, shader(gl.FRAGMENT_SHADER,
+    "#version 300 es\nprecision lowp float;\nout vec4 c;\nvoid main() { c = vec4(0.0); }"));
+  gl.linkProgram(program);
+  if (!gl.getProgramParameter(program, gl.LINK_STATUS)) return false;
+  const none = { program, uniforms: {}, use(g) { g.useProgram(program); } };
+  for (const k of GRADIENT_SHADERS) nv[k] = none;
+  return true;
+}
 
 async function api(path, opts) {
   const r = await fetch(path, Object.assign({ credentials: "same-origin" }, opts || {}));
@@ -41,7 +73,15 @@ function applyColormap() {
     if (!state.shown[name]) continue;
     for (const l of labels) { R[l] = rgb[0]; G[l] = rgb[1]; B[l] = rgb[2]; A[l] = 255; }
   }
-  nv.setDrawColormap({ R, G, B, A, I: [0, 1, 2, 3], labels: ["", "NCR", "ED", "ET"] });
+  const cmap = { R, G, B, A, I: [0, 1, 2, 3], labels: ["", "NCR", "ED", "ET"] };
+  // nv.setDrawColormap re-uploads and re-orients the whole background volume (seconds on a
+  // software WebGL); the draw colours only live in the colour-map texture, so refresh that.
+  if (niivue.cmapper && nv.volumes.length) {
+    nv.drawLut = niivue.cmapper.makeDrawLut(cmap);
+    nv.refreshColormaps();
+  } else {
+    nv.setDrawColormap(cmap); // cheap while no volume is loaded
+  }
   nv.setDrawOpacity(parseFloat($("opacity").value));
   nv.drawScene();
 }
@@ -96,12 +136,19 @@ nv.onDrawingChanged = (action) => {
   updateVolumes();
 };
 
+const imageUrl = (id, mod) => `api/cases/${encodeURIComponent(id)}/image/${mod}.nii`;
+
 async function loadBackground(mod) {
   // Swapping the background volume resets NiiVue's drawing: keep the bitmap and its undo list.
   const keep = nv.drawBitmap ? nv.drawBitmap.slice() : null;
   const undo = nv.drawUndoBitmaps, undoAt = nv.currentDrawUndoBitmap;
-  const url = `api/cases/${encodeURIComponent(state.caseId)}/image/${mod}.nii`;
-  await nv.loadVolumes([{ url, name: `${mod}.nii` }]);
+  const id = state.caseId;
+  let blob = null;
+  try { blob = state.prefetched[mod] ? await state.prefetched[mod] : null; } catch (e) { blob = null; }
+  const url = blob ? URL.createObjectURL(blob) : imageUrl(id, mod);
+  try {
+    await nv.loadVolumes([{ url, name: `${mod}.nii` }]);
+  } finally { if (blob) URL.revokeObjectURL(url); }
   state.modality = mod;
   if (keep) {
     nv.createEmptyDrawing();
@@ -111,15 +158,55 @@ async function loadBackground(mod) {
   }
 }
 
-async function openCase(id) {
+// The labels as the drawing: the server sends NiiVue's bitmap itself (RAS order, x fastest).
+function setDrawing(bytes) {
+  nv.createEmptyDrawing();
+  if (nv.drawBitmap.length !== bytes.length) {
+    throw new Error(`labels: ${bytes.length} voxels for a ${nv.drawBitmap.length}-voxel image`);
+  }
+  nv.drawBitmap.set(bytes);
+  nv.drawClearAllUndoBitmaps();
+  nv.drawAddUndoBitmap(); // the prediction is the first undo state
+  nv.refreshDrawing(false);
+}
+
+// After the first render: the other modalities, one at a time, so a switch is a local load.
+async function prefetchOthers(id, mods) {
+  for (const mod of mods) {
+    if (state.caseId !== id) return;
+    const p = fetch(imageUrl(id, mod)).then((r) => (r.ok ? r.blob() : null));
+    state.prefetched[mod] = p;
+    try { await p; } catch (e) { delete state.prefetched[mod]; }
+  }
+}
+
+const firstModality = (info) => (info.modalities.includes("t1ce") ? "t1ce" : info.modalities[0]);
+
+// A case's downloads, started at once: its info, labels and first image (the first case's
+// start while NiiVue is still compiling its shaders). Rejections are handled where awaited.
+function fetchCase(id) {
+  const info = api(`api/cases/${encodeURIComponent(id)}`);
+  const labels = fetch(`api/cases/${encodeURIComponent(id)}/labels.raw`).then(async (r) => {
+    if (!r.ok) throw new Error((await r.json()).error || r.statusText);
+    return new Uint8Array(await r.arrayBuffer());
+  });
+  const image = info.then((i) => fetch(imageUrl(id, firstModality(i))))
+    .then((r) => (r.ok ? r.blob() : null));
+  for (const p of [info, labels, image]) p.catch(() => {});
+  return { info, labels, image };
+}
+
+async function openCase(id, pending) {
   const t0 = performance.now();
   state.ready = false;
   showError(null);
   for (const li of document.querySelectorAll("#cases li")) li.classList.toggle("on", li.dataset.id === id);
   state.caseId = id;
+  state.prefetched = {};
+  const got = pending || fetchCase(id);
   let info;
   try {
-    info = await api(`api/cases/${encodeURIComponent(id)}`);
+    info = await got.info;
   } catch (e) {
     showError(e.message); state.info = null; nv.volumes.length && nv.loadVolumes([]);
     return;
@@ -127,17 +214,18 @@ async function openCase(id) {
   state.info = info;
   const marks = { info: performance.now() - t0 };
   $("modality").innerHTML = info.modalities.map((m) => `<option value="${m}">${m}</option>`).join("");
-  const mod = info.modalities.includes("t1ce") ? "t1ce" : info.modalities[0];
+  const mod = firstModality(info);
   $("modality").value = mod;
-  // The labels download while the image loads; NiiVue then reads them from memory.
-  const labels = fetch(`api/cases/${encodeURIComponent(id)}/labels.nii`).then((r) => r.blob());
+  state.prefetched[mod] = got.image;
+  const labels = got.labels;
   nv.drawBitmap = null;
-  await loadBackground(mod);
-  marks.image = performance.now() - t0;
-  const labelsUrl = URL.createObjectURL(await labels);
   try {
-    await nv.loadDrawingFromUrl(labelsUrl);
-  } finally { URL.revokeObjectURL(labelsUrl); }
+    await loadBackground(mod);
+    marks.image = performance.now() - t0;
+    setDrawing(await labels);
+  } catch (e) {
+    showError(e.message); return;
+  }
   marks.labels = performance.now() - t0;
   applyColormap();
   setTool(state.tool);
@@ -150,8 +238,10 @@ async function openCase(id) {
   state.openedAt = performance.now(); state.firstEditAt = null; state.redo = [];
   state.ready = true;
   state.openMs = performance.now() - t0;
+  state.sinceNavigationMs = performance.now(); // the page's clock starts at navigation
   state.openMarks = marks; // ms since the click: case info, image shown, labels drawn
   status(`${id} opened in ${(state.openMs / 1000).toFixed(2)} s`);
+  prefetchOthers(id, info.modalities.filter((m) => m !== mod));
 }
 
 // "Model: transmed_full (sha256 d1114c66585c) · TransMed 0.1.0", from the provenance JSON
@@ -206,7 +296,14 @@ async function send() {
 }
 
 async function main() {
-  nv.attachTo("gl");
+  const listed = api("api/cases"); // while NiiVue compiles its shaders
+  const early = listed.then((list) => {
+    const id = new URLSearchParams(location.search).get("case") || (list.cases.find((c) => !c.problem) || {}).id;
+    return id ? { id, pending: fetchCase(id) } : null;
+  });
+  early.catch(() => {});
+  await nv.attachTo("gl"); // its shaders exist once this resolves
+  state.gradientSkipped = skipGradientPasses();
   for (const b of document.querySelectorAll("#views button")) b.onclick = () => setView(+b.dataset.view);
   for (const b of document.querySelectorAll("#tools button")) b.onclick = () => setTool(b.dataset.tool);
   $("penLabel").onchange = () => setTool(state.tool);
@@ -217,7 +314,7 @@ async function main() {
   $("undo").onclick = undo; $("redo").onclick = redo; $("save").onclick = save; $("send").onclick = send;
   renderToggles();
   setView(0);
-  const list = await api("api/cases");
+  const list = await listed;
   $("root").textContent = `${list.root} (${list.kind})`;
   for (const c of list.cases) {
     const li = document.createElement("li");
@@ -227,8 +324,8 @@ async function main() {
     li.onclick = () => openCase(c.id);
     $("cases").appendChild(li);
   }
-  const first = new URLSearchParams(location.search).get("case") || (list.cases.find((c) => !c.problem) || {}).id;
-  if (first) await openCase(first);
+  const first = await early;
+  if (first) await openCase(first.id, first.pending);
   if (window.history.replaceState) window.history.replaceState(null, "", location.pathname); // token out of the address bar
 }
 main().catch((e) => showError(e.message));
