@@ -43,12 +43,14 @@ def find_tcga() -> Path | None:
 
 @pytest.fixture
 def tcga_dir() -> Path:
-    """The real TCGA example's folder; the test skips, saying where it looked, without it."""
+    """The real TCGA example's folder. It ships in ``examples/``, so a checkout without it is
+    broken: the test fails, saying where it looked."""
     folder = find_tcga()
     if folder is None:
         looked = ", ".join(str(p) for p in tcga_candidates())
-        pytest.skip(f"real TCGA example not found (looked in {looked}); set {TCGA_ENV} to "
-                    f"the folder holding {TCGA_NAME}_{{t1,t1c,t2,flair}}.nii.gz")  # fmt: skip
+        pytest.fail(f"real TCGA example not found (looked in {looked}); restore "
+                    f"examples/{TCGA_NAME}/ or set {TCGA_ENV} to the folder holding "
+                    f"{TCGA_NAME}_{{t1,t1c,t2,flair}}.nii.gz", pytrace=False)  # fmt: skip
     return folder
 
 

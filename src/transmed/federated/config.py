@@ -7,14 +7,13 @@ round is ``local_epochs`` of its epochs (``iters_per_epoch`` steps each).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from transmed.federated.privacy import DPSettings
-from transmed.training.config import ConfigError, TrainConfig
+from transmed.training.config import ConfigError, TrainConfig, read_config_file
 from transmed.training.schedule import lr_factor
 
 
@@ -65,23 +64,7 @@ class FederatedConfig(BaseModel):
 def load_federated_config(path: str | Path | None = None, **overrides: Any) -> FederatedConfig:
     """Read a JSON/YAML federation config, apply ``overrides`` (``None`` ignored; a ``train``
     override dict is merged key by key)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            text = path.read_text()
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as exc:
-            raise ConfigError(f"{path}: cannot parse ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values")
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
     train = dict(data.get("train") or {})
     train.update({k: v for k, v in (overrides.pop("train", None) or {}).items() if v is not None})
     data.update({k: v for k, v in overrides.items() if v is not None})

@@ -86,25 +86,33 @@ class TrainConfig(BaseModel):
         return AugmentConfig(**self.augment, seed=seed)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a JSON or YAML (``.yaml``/``.yml``) config file.
+
+    Raises:
+        ConfigError: the file is missing, unparsable or not a mapping (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot parse ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    return data
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Read a JSON/YAML config (or defaults), apply ``overrides`` (``None`` values ignored)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        text = path.read_text()
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as exc:
-            raise ConfigError(f"{path}: cannot parse ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values")
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainConfig(**data)

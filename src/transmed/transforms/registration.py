@@ -17,6 +17,7 @@ grid, hence the inverse of preprocessing, is unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -181,6 +182,18 @@ def _metric(fixed_img, moving_img, mask_img, transform) -> float:  # type: ignor
     return float(reg.MetricEvaluate(fixed_img, moving_img))
 
 
+def _images(fixed: np.ndarray, moving: np.ndarray, grid_affine: np.ndarray,
+            fixed_mask: np.ndarray | None) -> tuple[np.ndarray, Any, Any, Any]:  # fmt: skip
+    """Voxel spacing, the two images and the fixed mask (``None`` when absent or empty) as
+    SimpleITK images on the grid ``grid_affine``."""
+    sitk = _sitk()
+    spacing = np.linalg.norm(grid_affine[:3, :3], axis=0)
+    mask_img = None
+    if fixed_mask is not None and fixed_mask.any():
+        mask_img = sitk.Cast(_to_image(fixed_mask.astype(np.uint8), spacing), sitk.sitkUInt8)
+    return spacing, _to_image(fixed, spacing), _to_image(moving, spacing), mask_img
+
+
 def rigid_register(
     fixed: np.ndarray,
     moving: np.ndarray,
@@ -204,12 +217,7 @@ def rigid_register(
     """
     sitk = _sitk()
     grid_affine = np.asarray(grid_affine, dtype=np.float64)
-    spacing = np.linalg.norm(grid_affine[:3, :3], axis=0)
-    fixed_img = _to_image(fixed, spacing)
-    moving_img = _to_image(moving, spacing)
-    mask_img = None
-    if fixed_mask is not None:
-        mask_img = sitk.Cast(_to_image(fixed_mask.astype(np.uint8), spacing), sitk.sitkUInt8)
+    spacing, fixed_img, moving_img, mask_img = _images(fixed, moving, grid_affine, fixed_mask)
     reg = _method(fixed_img, moving_img, mask_img, [4, 2, 1], [2.0, 1.0, 0.0], iterations)
     initial = sitk.CenteredTransformInitializer(
         fixed_img, moving_img, sitk.Euler3DTransform(),
@@ -271,12 +279,7 @@ def _coregister(
 
     sitk = _sitk()
     grid_affine = np.asarray(grid_affine, dtype=np.float64)
-    spacing = np.linalg.norm(grid_affine[:3, :3], axis=0)
-    fixed_img = _to_image(fixed, spacing)
-    moving_img = _to_image(moving, spacing)
-    mask_img = None
-    if fixed_mask is not None and fixed_mask.any():
-        mask_img = sitk.Cast(_to_image(fixed_mask.astype(np.uint8), spacing), sitk.sitkUInt8)
+    spacing, fixed_img, moving_img, mask_img = _images(fixed, moving, grid_affine, fixed_mask)
     points = mask_points(fixed_mask, fixed.shape, grid_affine)
     centre = _centre(fixed_img)
     identity = _world_to_euler(np.eye(4), spacing, grid_affine, centre)
