@@ -12,6 +12,9 @@ of optimiser steps of the same batch size, summed over sites) and the same held-
 - ``fedavg``, ``fedprox``: Flower FedAvg / FedProx over the three sites;
 - ``fedavg_v0`` (ablation, not in the default arms): FedAvg as it was before 2026-11-30, each
   round a fresh AdamW whose rate decays from the round's rate to 0 within the round;
+- ``fedavg_slr3`` (and ``fedavg_slrX``): FedAvg with the server step size η_g = X
+  (``FederatedConfig.server_lr``; default the number of sites), which gives the global model
+  back the depth the averaging takes away;
 - ``dp_eps8``, ``dp_eps2``: FedAvg with DP-SGD at every site, ε ≈ 8 and ≈ 2 at δ = 1e-5;
 - ``site_A``, ``site_B``, ``site_C``: each site training alone (the whole budget on its data).
 
@@ -181,6 +184,8 @@ def main() -> None:
             fed: dict[str, Any] = {}
             if name == "fedavg_v0":  # ablation: the round schedule and fresh AdamW of before
                 fed = {"keep_optimizer_state": False, "local_lr_schedule": "per_round"}
+            elif name.startswith("fedavg_slr"):  # FedAvg with a server step size η_g
+                fed = {"server_lr": float(name[len("fedavg_slr"):] or len(site_pre))}
             elif name == "fedprox":
                 fed = {"strategy": "fedprox", "proximal_mu": args.mu}
             elif name.startswith("dp_eps"):

@@ -1,8 +1,10 @@
 """The generalist's learning curve across its training stages (one figure, one CSV).
 
 Each stage is a run folder of ``transmed train --preset generalist`` (the second started from
-the first with ``--init-from``); steps are counted across stages. Both stages validate on the
-same held-out cases (6 generated, 4 of the original synthetic cohort).
+the one before with ``--init-from``); steps are counted across stages. Stages 1 and 2 validate
+on the same held-out cases (6 generated, 4 of the original synthetic cohort); stage 3 drew its
+6 generated cases anew (same seeds, the generator with enhancing dura), so its generated curve
+is on other cases (the cohort cases are the same).
 
     python benchmarks/generalist_curve.py RUN1/metrics.csv RUN2/metrics.csv \
         --out benchmarks/results/generalist/learning_curve.csv \
@@ -38,6 +40,8 @@ def main() -> None:
     ap.add_argument("metrics", type=Path, nargs="+")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--figure", type=Path, required=True)
+    ap.add_argument("--title", default="generalist: stage 1 (from scratch) | stage 2 and 3 "
+                    "(--init-from the stage before; stage 3's generated cases are new)")
     args = ap.parse_args()
     rows = merge(args.metrics)
     fields = list(rows[0])
@@ -65,7 +69,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice (sliding window)")
     axes[0].legend()
-    fig.suptitle("generalist: stage 1 (from scratch) | stage 2 (--init-from stage 1)")
+    fig.suptitle(args.title)
     fig.tight_layout()
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.figure, dpi=90)

@@ -113,6 +113,7 @@ def one_run(case: Path) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         error = page.evaluate("tm.state.error")
         marks = page.evaluate("tm.state.openMarks") or {}
+        boot = page.evaluate("tm.state.bootMarks || {}")  # script run, NiiVue attached
         renderer = page.evaluate(
             "(() => { const gl = tm.nv.gl, e = gl.getExtension('WEBGL_debug_renderer_info');"
             " return e ? gl.getParameter(e.UNMASKED_RENDERER_WEBGL) : ''; })()"
@@ -130,6 +131,7 @@ def one_run(case: Path) -> dict[str, Any]:
         "open_s": round(wall, 2),
         "in_page_open_s": round(marks.get("labels", float("nan")) / 1000, 2),
         "marks_s": {k: round(v / 1000, 2) for k, v in marks.items()},
+        "boot_marks_s": {k: round(v / 1000, 2) for k, v in boot.items()},
         "server_first_byte_s": requests, "switch_to_flair_s": round(switch, 2), "error": error,
         "load_avg_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "chromium": version, "webgl_renderer": renderer, "transmed": str(Path(transmed.__file__)),

@@ -80,6 +80,27 @@ def test_fedavg_weights_dropouts_and_nonfinite_updates(tmp_path: Path) -> None:
         np.testing.assert_allclose(p.numpy(), g)
 
 
+def test_server_step_size_scales_the_averaged_update_of_parameters_only(tmp_path: Path) -> None:
+    from transmed.federated.strategy import server_step
+
+    cfg = _config(rounds=2, server_lr=3.0)
+    fp, w0 = _fingerprint(cfg, tmp_path)
+    sites = {"a": FakeSite(1.0, 3, fp), "b": FakeSite(2.0, 1, fp)}
+    state = run_federation(cfg, sites, tmp_path / "fed")
+    # each round the weighted mean moves +1.25; η_g = 3 moves the global model +3.75
+    for g, w in zip(get_weights(state.model), w0, strict=True):
+        np.testing.assert_allclose(g, w + 2 * 3.75, rtol=1e-5, atol=1e-4)
+    # buffers (running statistics) take the plain mean: a variance never overshoots below 0
+    old, mean = [np.ones(2), np.ones(2)], [np.full(2, 0.5), np.full(2, 0.5)]
+    out = server_step(old, mean, [True, False], 3.0)
+    np.testing.assert_allclose(out[0], -0.5)
+    np.testing.assert_allclose(out[1], 0.5)
+    with pytest.raises(ValueError, match="server step"):
+        server_step(old, mean[:1], [True, False], 3.0)
+    with pytest.raises(ValueError):
+        _config(server_lr=0.0)
+
+
 def test_foreign_model_and_bad_token_are_left_out(tmp_path: Path) -> None:
     cfg = _config(rounds=1)
     fp, w0 = _fingerprint(cfg, tmp_path)

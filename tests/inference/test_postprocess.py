@@ -74,3 +74,63 @@ def test_bad_input():
         postprocess_labels(np.zeros((4, 4)), (1, 1, 1))
     with pytest.raises(ValueError, match="spacing"):
         postprocess_labels(np.zeros((4, 4, 4)), (1, 0, 1))
+
+
+def test_the_checkpoint_recommends_its_clean_up_and_options_override_it(tmp_path) -> None:
+    """The shipped model carries the clean-up chosen on its validation data (nnU-Net stores
+    its post-processing with the model): predict uses it unless told otherwise."""
+    import torch
+
+    from transmed.inference.postprocess import PostprocessConfig
+    from transmed.inference.predictor import Predictor
+    from transmed.models.checkpoint import CheckpointError, save_untrained_checkpoint
+
+    tiny = {"features": [4, 8], "encoder_blocks": [1, 1], "decoder_blocks": [1],
+            "patch_size": (16, 16, 16)}  # fmt: skip
+    plain = save_untrained_checkpoint(tmp_path / "plain.pt", "unet", **tiny)
+    assert Predictor.from_path(plain).postprocess is None  # nothing recorded: no clean-up
+    ck = torch.load(plain, weights_only=True)
+    ck["postprocess"] = {"min_component_mm3": 250.0, "et_min_mm3": 0.0}
+    torch.save(ck, tmp_path / "rec.pt")
+    pred = Predictor.from_path(tmp_path / "rec.pt")
+    assert pred.postprocess == PostprocessConfig(250.0, 0.0)
+    off = Predictor.from_path(tmp_path / "rec.pt", postprocess=None)  # the caller's choice wins
+    assert off.postprocess is None
+    for bad in ({"min_component_mm3": -1}, {"speckles": 3}, [250]):
+        ck["postprocess"] = bad
+        torch.save(ck, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match=r"bad\.pt: postprocess"):
+            Predictor.from_path(tmp_path / "bad.pt")
+
+
+def test_predict_cli_merges_options_with_the_recommendation(tmp_path, monkeypatch) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from transmed.cli import app
+    from transmed.inference import predictor as predictor_module
+    from transmed.models.checkpoint import save_untrained_checkpoint
+
+    tiny = {"features": [4, 8], "encoder_blocks": [1, 1], "decoder_blocks": [1],
+            "patch_size": (16, 16, 16)}  # fmt: skip
+    path = save_untrained_checkpoint(tmp_path / "m.pt", "unet", **tiny)
+    ck = torch.load(path, weights_only=True)
+    ck["postprocess"] = {"min_component_mm3": 250.0, "et_min_mm3": 0.0}
+    torch.save(ck, path)
+    seen = []
+    monkeypatch.setattr(predictor_module.Predictor, "prepare",
+                        lambda self, *a, **k: seen.append(self.postprocess) or 1 / 0)  # fmt: skip
+    import nibabel as nib
+
+    img = tmp_path / "in"
+    img.mkdir()
+    for m in ("t1", "t1ce", "t2", "flair"):
+        vol = nib.Nifti1Image(np.ones((20, 20, 20), np.float32), np.eye(4))
+        nib.save(vol, img / f"c_{m}.nii.gz")
+    files = [a for m in ("t1", "t1ce", "t2", "flair")
+             for a in (f"--{m}", str(img / f"c_{m}.nii.gz"))]  # fmt: skip
+    runner = CliRunner()
+    runner.invoke(app, ["predict", "-m", str(path), *files, "-o", str(tmp_path / "o1")])
+    runner.invoke(app, ["predict", "-m", str(path), *files, "-o", str(tmp_path / "o2"),
+                        "--et-min-mm3", "500"])  # fmt: skip
+    assert seen == [PostprocessConfig(250.0, 0.0), PostprocessConfig(250.0, 500.0)]

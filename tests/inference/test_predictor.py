@@ -218,3 +218,28 @@ def test_missing_checkpoint_folder(tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
     with pytest.raises(CheckpointError):
         Predictor.from_path(Path(tmp_path) / "nothing")
+
+
+class _Everywhere(torch.nn.Module):
+    """'Tumour' everywhere, inside the brain or not (logit +10 on every channel)."""
+
+    in_channels, out_channels = 4, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], 3, *x.shape[2:]).clone()
+
+
+def test_no_tumour_outside_the_mask_preprocessing_used() -> None:
+    vols = _volumes()
+    p = Predictor([_Everywhere()], roi_size=(16, 16, 16), model_mode="sliding")
+    prepared = p.prepare(vols, "c")
+    assert prepared.mask is not None and prepared.mask.any() and not prepared.mask.all()
+    inside = vols["t1ce"].data != 0  # the volume's non-zero block is its foreground
+    labels = p.predict_prepared(prepared).labels
+    assert labels[inside].min() == 3 and labels[~inside].max() == 0
+    p.inside_mask = False  # the raw network output: tumour in the zeros too
+    assert p.predict_prepared(prepared).labels[~inside].min() == 3

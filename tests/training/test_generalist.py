@@ -65,3 +65,33 @@ def test_generalist_init_from_starts_from_the_given_weights(coarse: None, tmp_pa
     assert floats
     for k in floats:
         assert torch.allclose(final[k].float(), init[k].float(), atol=1e-5), k
+
+
+def test_train_preset_takes_the_config_file_and_options(tmp_path: Path, monkeypatch) -> None:
+    """`--config` and `--model` were silently dropped with `--preset generalist`: the recipe,
+    then the file's keys, then the options given."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from transmed.cli import app
+
+    seen = {}
+
+    def fake_train(out, config, resume=False, device=None):  # records what would be trained
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(g, "train_generalist", fake_train)
+    cfg = tmp_path / "more.json"
+    cfg.write_text(json.dumps({"lr": 0.001, "epochs": 3}))
+    res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
+                                   "--epochs", "5", "--model", "unet", "--out",
+                                   str(tmp_path / "run")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    c = seen["config"]
+    assert (c.lr, c.epochs, c.model, c.iters_per_epoch) == (0.001, 5, "unet", 250)
+    cfg.write_text(json.dumps({"lr": -1}))
+    res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
+                                   "--out", str(tmp_path / "run2")])  # fmt: skip
+    assert res.exit_code != 0 and "lr" in res.output

@@ -149,6 +149,45 @@ def test_auto_coregistration_in_preprocessing_records_transform_and_residual() -
     assert np.corrcoef(t1ce.ravel(), flair.ravel())[0, 1] > 0.98
 
 
+def test_a_registration_that_matches_worse_than_the_headers_keeps_them(monkeypatch) -> None:
+    """Seen on generated skull-on heads: from an exact start the optimiser wandered 10 mm off
+    to a worse mutual information, the consistency check then refused the series, and the
+    FLAIR was dropped. A move that matches worse is no evidence of motion: headers kept."""
+    import SimpleITK as sitk
+
+    from transmed.transforms import registration
+
+    real = registration._method
+
+    class Wandering:  # the optimiser as seen: ends 10 mm off whatever the start
+        def __init__(self, reg):
+            self.reg = reg
+
+        def SetInitialTransform(self, transform, inPlace=False):  # noqa: N802, N803
+            self.start = sitk.Euler3DTransform(transform)
+
+        def Execute(self, fixed, moving):  # noqa: N802
+            out = sitk.Euler3DTransform(self.start)
+            shift = zip(out.GetTranslation(), (10.0, 0.0, 0.0), strict=True)
+            out.SetTranslation([t + d for t, d in shift])
+            return out
+
+    def method(fixed_img, moving_img, mask_img, shrink, smooth, iterations):
+        reg = real(fixed_img, moving_img, mask_img, shrink, smooth, iterations)
+        return reg if iterations == 1 else Wandering(reg)  # iterations 1: the metric probe
+
+    affine = _affine(SP, SHAPE)
+    fixed = _head(SHAPE, SP)
+    monkeypatch.setattr(registration, "_method", method)
+    kept = coregister(fixed, _head(SHAPE, SP), affine, fixed_mask=fixed > 10, name="flair")
+    assert kept.method == "header" and np.array_equal(kept.matrix, np.eye(4))
+    assert "worse than the headers" in kept.reason
+    # forced (another frame of reference) it still registers, and the residual check decides
+    with pytest.raises(RegistrationError, match="flair"):
+        coregister(fixed, _head(SHAPE, SP), affine, fixed_mask=fixed > 10, name="flair",
+                   force=True)  # fmt: skip
+
+
 def test_another_frame_of_reference_forces_registration() -> None:
     affine = _affine(SP, SHAPE)
     vols = {m: Volume(_head(SHAPE, SP), affine) for m in MODALITIES}

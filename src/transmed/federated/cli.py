@@ -15,6 +15,9 @@ app = typer.Typer(
 )
 
 _CONFIG = typer.Option(None, "--config", help="JSON/YAML federation config (train: block etc.).")
+_SERVER_LR = typer.Option(
+    None, "--server-lr", help="Server step size η_g [1: plain FedAvg]; >1 scales the averaged "
+    "move (it hurt with AdamW sites: docs/federated.md).")
 _EPS = typer.Option(None, "--dp-epsilon", help="DP-SGD target ε over all rounds (per site).")
 _DELTA = typer.Option(None, "--dp-delta", help="DP δ [1e-5]; must be below 1/cases.")
 _CLIP = typer.Option(None, "--dp-clip", help="Per-sample gradient clipping norm C [1.0].")
@@ -51,6 +54,7 @@ def simulate_cmd(
     rounds: int = typer.Option(None, "--rounds", min=1),
     strategy: str = typer.Option(None, "--strategy", help="fedavg or fedprox."),
     mu: float = typer.Option(None, "--mu", help="FedProx proximal μ."),
+    server_lr: float = _SERVER_LR,
     local_epochs: int = typer.Option(None, "--local-epochs", min=1),
     scale: int = typer.Option(1, "--site-scale", min=1, help="Synthetic sites: cases × scale."),
     seed: int = typer.Option(0, "--seed", help="Synthetic sites' seed."),
@@ -64,7 +68,8 @@ def simulate_cmd(
 
         dp = _dp(dp_epsilon, dp_delta, dp_clip, dp_noise)
         cfg = _load(config, rounds=rounds, strategy=strategy, proximal_mu=mu,
-                    local_epochs=local_epochs, dp=dp.model_dump() if dp else None)  # fmt: skip
+                    server_lr=server_lr, local_epochs=local_epochs,
+                    dp=dp.model_dump() if dp else None)  # fmt: skip
         sites: dict[str, Path] = {}
         for item in site or []:
             name, sep, path = item.partition("=")
@@ -100,6 +105,7 @@ def server_cmd(
     tls_dir: Path = typer.Option(None, "--tls-dir", help="ca.crt, server.pem, server.key."),
     rounds: int = typer.Option(None, "--rounds", min=1),
     strategy: str = typer.Option(None, "--strategy", help="fedavg or fedprox."),
+    server_lr: float = _SERVER_LR,
     min_clients: int = typer.Option(None, "--min-clients", min=1),
 ) -> None:
     """The federation's server (Flower gRPC); sites join with `transmed federated client`."""
@@ -114,7 +120,8 @@ def server_cmd(
         if host not in ("127.0.0.1", "localhost", "::1") and tls_dir is None:
             typer.secho("warning: listening beyond loopback without --tls-dir: weights travel "
                         "unencrypted", err=True, fg=typer.colors.YELLOW)  # fmt: skip
-        cfg = _load(config, rounds=rounds, strategy=strategy, min_clients=min_clients)
+        cfg = _load(config, rounds=rounds, strategy=strategy, server_lr=server_lr,
+                    min_clients=min_clients)
         state = serve(cfg, out, address, token, test_data, tls_dir)
         typer.echo(f"{state.rounds_done} rounds; global model: {state.ckpt}")
 

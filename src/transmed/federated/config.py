@@ -42,6 +42,13 @@ class FederatedConfig(BaseModel):
     local_epochs: int = Field(1, ge=1)  # trainer epochs per site per round
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0)  # FedProx μ (Li et al. 2020)
+    # server step size η_g (Reddi et al. 2021, "Adaptive Federated Optimization"; Flower's
+    # FedAvgM server_learning_rate): global += η_g · (weighted mean of the sites' weights −
+    # global), on the trainable parameters. 1 is plain FedAvg/FedProx. With K sites each
+    # taking k small SGD-like steps, the mean moves the model about k steps while the sites
+    # spent K·k; η_g > 1 is the standard remedy. With AdamW at the sites it hurt in the study
+    # (docs/federated.md: η_g 1.5 and 3 below plain FedAvg).
+    server_lr: float = Field(1.0, gt=0.0, le=10.0)
     min_clients: int = Field(2, ge=1)  # sites needed to start a round
     fraction_fit: float = Field(1.0, gt=0.0, le=1.0)
     round_timeout_s: float | None = Field(None, gt=0.0)  # a site slower than this is dropped

@@ -62,6 +62,9 @@ class FederationState:
         torch.manual_seed(config.train.seed)
         self.model = create_model(config.train.model, **kwargs)
         self.fingerprint = model_fingerprint(self.model)
+        # per state_dict entry (get_weights' order): a trainable parameter, not a buffer
+        names = {n for n, _ in self.model.named_parameters()}
+        self.trainable = [k in names for k in self.model.state_dict()]
         self.rounds_done = 0
         self.records: list[dict[str, Any]] = []
 
@@ -107,6 +110,20 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
     return str(v)
+
+
+def server_step(old: list[np.ndarray], mean: list[np.ndarray], trainable: list[bool],
+                server_lr: float) -> list[np.ndarray]:  # fmt: skip
+    """``old + server_lr · (mean − old)`` for trainable parameters; buffers take the mean.
+
+    Raises:
+        ValueError: lists of different lengths.
+    """
+    if not (len(old) == len(mean) == len(trainable)):
+        raise ValueError(f"server step: {len(old)} global arrays, {len(mean)} averaged, "
+                         f"{len(trainable)} flags")  # fmt: skip
+    return [(o + server_lr * (m - o)).astype(m.dtype, copy=False) if t else m
+            for o, m, t in zip(old, mean, trainable, strict=True)]  # fmt: skip
 
 
 def _reject_reason(res: Any, state: FederationState, nonce: str, token: str | None,
@@ -203,6 +220,10 @@ def make_strategy(config: FederatedConfig, state: FederationState, *, token: str
                 metrics: dict[str, Any] = {}
             else:
                 params, metrics = super().aggregate_fit(server_round, good, [])
+                if config.server_lr != 1.0:
+                    params = ndarrays_to_parameters(server_step(
+                        get_weights(state.model), parameters_to_ndarrays(params),
+                        state.trainable, config.server_lr))  # fmt: skip
             weights = parameters_to_ndarrays(params)
             if not all_finite(weights):  # cannot happen with finite inputs; never save it
                 log.error("round %d: aggregate not finite; the global model is kept", r)

@@ -6,7 +6,8 @@ soon as they exist; keys it does not have are refused rather than dropped, becau
 trained with a preprocessing step this version does not know cannot be reproduced.
 Of ``train_config`` inference reads only ``patch_size`` (the sliding window); it is checked
 with :class:`TrainConfig`'s rule (three sides of at least 8 voxels). TrainConfig itself lives
-in ``training``, which sits above inference, so it cannot be imported here.
+in ``training``, which sits above inference, so it cannot be imported here. A ``postprocess``
+entry (the small-component clean-up chosen for the model) goes through :class:`PostprocessConfig`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from transmed.inference.postprocess import PostprocessConfig
 from transmed.models.checkpoint import CheckpointError
 from transmed.transforms.preprocess import PreprocessConfig
 
@@ -86,3 +88,27 @@ def patch_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> tuple[in
     except ValidationError as exc:
         raise CheckpointError(f"{path}: {_errors(exc, 'train_config')}") from None
     return patch  # type: ignore[return-value]
+
+
+def postprocess_from_checkpoint(
+    ckpt: Mapping[str, Any], path: str | Path
+) -> PostprocessConfig | None:
+    """The post-processing the checkpoint recommends (``ckpt["postprocess"]``, chosen on the
+    model's validation data, as nnU-Net stores its post-processing with the model), or None.
+
+    Raises:
+        CheckpointError: not a mapping of :class:`PostprocessConfig` fields, or a bad value.
+    """
+    raw = ckpt.get("postprocess")
+    if raw is None:
+        return None
+    known = {f.name for f in dataclasses.fields(PostprocessConfig)}
+    if not isinstance(raw, Mapping) or set(raw) - known:
+        raise CheckpointError(
+            f"{path}: postprocess: expected a mapping with keys among {sorted(known)}, got "
+            f"{raw!r:.200}"
+        )
+    try:
+        return PostprocessConfig(**{k: float(v) for k, v in raw.items()})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: postprocess: {exc}") from None

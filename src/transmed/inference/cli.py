@@ -72,11 +72,13 @@ def predict_cmd(
     overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding overlap."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation."),
     min_component: float = typer.Option(
-        20.0, "--min-component-mm3", min=0.0, help="Drop tumour specks below this (0 = off)."
-    ),
+        None, "--min-component-mm3", min=0.0,
+        help="Drop tumour specks below this (0 = off) [the model's recommendation, else 20].",
+    ),  # fmt: skip
     et_min: float = typer.Option(
-        0.0, "--et-min-mm3", min=0.0, help="ET → necrosis when all ET is below this (0 = off)."
-    ),
+        None, "--et-min-mm3", min=0.0,
+        help="ET → necrosis when all ET is below this (0 = off) [the model's, else 0].",
+    ),  # fmt: skip
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = PyTorch default)."),
@@ -161,7 +163,12 @@ def _predict(**opts: object) -> None:
         mode=opts["mode"], memory_budget=parse_budget(str(opts["memory_budget"])),
         overlap=float(opts["overlap"]), mirror=bool(opts["tta"]),
         precision=_precision(str(opts["precision"]), device),
-        postprocess=PostprocessConfig(float(opts["min_component"]), float(opts["et_min"])),
+    )  # fmt: skip
+    # the options given, else the checkpoint's recommendation, else PostprocessConfig's defaults
+    base = predictor.postprocess or PostprocessConfig()
+    predictor.postprocess = PostprocessConfig(
+        base.min_component_mm3 if opts["min_component"] is None else float(opts["min_component"]),
+        base.et_min_mm3 if opts["et_min"] is None else float(opts["et_min"]),
     )  # fmt: skip
     load_s = time.perf_counter() - t0
     _clinical_options(predictor, opts)

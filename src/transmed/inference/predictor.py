@@ -21,6 +21,7 @@ import torch
 from transmed.data.labels import MODALITIES, regions_to_labels
 from transmed.inference.checkpoint_config import (
     patch_from_checkpoint,
+    postprocess_from_checkpoint,
     preprocess_from_checkpoint,
 )
 from transmed.inference.core import predict_probabilities, window_for_mode
@@ -113,6 +114,8 @@ class Predictor:
             sliding window silently; ``None`` = no check.
         overlap, precision, mirror: see :func:`transmed.inference.core.predict_probabilities`.
         postprocess: small-component clean-up on the original grid (``None`` = off).
+        inside_mask: probabilities outside the brain (or foreground) mask of preprocessing,
+            where the network sees only zeros, are set to 0 before the labels are made.
     """
 
     models: list[SegmentationModel]
@@ -126,6 +129,7 @@ class Predictor:
     model_mode: str = DEFAULT_INFERENCE_MODE
     memory_budget: int | None = None
     postprocess: PostprocessConfig | None = None
+    inside_mask: bool = True  # tumour only inside the mask preprocessing z-scored over
     force: bool = False  # an implausible brain mask: a warning in the provenance, not an error
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # name, path, sha256
     data_profile: dict[str, Any] | None = None  # the training data's (ckpt["data_profile"])
@@ -152,6 +156,9 @@ class Predictor:
     ) -> Predictor:  # fmt: skip
         """Load a checkpoint, a run folder or a cross-validation folder (ensemble of folds).
 
+        Without a ``postprocess`` argument the predictor cleans labels as the checkpoint
+        recommends (its ``postprocess`` entry; none recorded: no clean-up).
+
         Raises:
             CheckpointError: nothing usable at ``path``, or models that do not take the four
                 modalities (the message names the checkpoint file).
@@ -159,6 +166,7 @@ class Predictor:
         models, patch, prep = [], None, None
         loaded: list[tuple[Path, SegmentationModel, dict]] = []  # for the fold agreement check
         modes: dict[Path, str] = {}
+        cleanups: dict[Path, PostprocessConfig | None] = {}
         for ckpt_path in find_checkpoints(path, prefer):
             model, ckpt = load_model_and_checkpoint(ckpt_path, device)
             if model.in_channels != len(MODALITIES):
@@ -170,6 +178,7 @@ class Predictor:
             loaded.append((ckpt_path, model, ckpt))
             check_fold_agreement(loaded)  # preprocessing, patch, output channels; names the fold
             modes[ckpt_path] = inference_mode(ckpt, ckpt_path)
+            cleanups[ckpt_path] = postprocess_from_checkpoint(ckpt, ckpt_path)
             patch = patch_from_checkpoint(ckpt, ckpt_path)
             own = preprocess_from_checkpoint(ckpt, ckpt_path)  # validated, names the file
             if ckpt.get("preprocess_config"):  # none or empty: the default preprocessing
@@ -183,6 +192,13 @@ class Predictor:
                 + ", ".join(f"{p}: {m}" for p, m in modes.items())
             )
         kwargs.setdefault("model_mode", next(iter(modes.values())))
+        if len(set(cleanups.values())) > 1:
+            raise CheckpointError(
+                "the folds record different post-processing: "
+                + ", ".join(f"{p}: {c}" for p, c in cleanups.items())
+            )
+        # the checkpoint's own clean-up unless the caller chose one (None: off)
+        kwargs.setdefault("postprocess", next(iter(cleanups.values())))
         kwargs.setdefault("checkpoints", [
             {"name": (c.get("model_config") or {}).get("name"), "path": str(p),
              "sha256": file_sha256(p)} for p, _, c in loaded
@@ -300,7 +316,10 @@ class Predictor:
             record_extra=record.extra if record is not None else {},
             inference={"mode": result.mode, "window": list(result.window) if result.window
                        else None, "precision": self.precision, "tta": self.mirror,
-                       "device": str(self.device), "ensemble": len(self.models)},
+                       "device": str(self.device), "ensemble": len(self.models),
+                       "postprocess": dataclasses.asdict(self.postprocess)
+                       if self.postprocess is not None else None,
+                       "inside_mask": self.inside_mask},
             seconds=result.seconds, training_profile=self.data_profile, series=series,
         )  # fmt: skip
 
@@ -311,6 +330,10 @@ class Predictor:
         t0 = time.perf_counter()
         window = self.window_for(prepared.image.shape[1:])
         probs = self._probabilities(prepared.image, window)
+        if self.inside_mask and prepared.mask is not None:
+            # the image is 0 outside the brain (or foreground) mask: whatever the network says
+            # there is extrapolation (seen: oedema on the frontal sinus of TCGA-FG-6692)
+            probs[:, ~prepared.mask] = 0.0
         t1 = time.perf_counter()
         result = self.restore(probs, prepared.record, keep_probabilities=keep_probabilities)
         result.window = window

@@ -45,9 +45,15 @@ def train_cmd(
                 raise typer.BadParameter(f"unknown preset {preset!r}; available: generalist")
             gcfg = None
             if not resume:
-                over = {k: v for k, v in dict(
-                    epochs=epochs, iters_per_epoch=iters, batch_size=batch_size,
-                    precision=precision, seed=seed, init_from=init_from).items() if v is not None}
+                from transmed.training.config import read_config_file
+
+                # the recipe, then the config file's keys, then the options given
+                over = read_config_file(config) if config is not None else {}
+                over.update({k: v for k, v in dict(
+                    model=model, epochs=epochs, iters_per_epoch=iters, patch_size=patch,
+                    batch_size=batch_size, precision=precision,
+                    grad_checkpointing=grad_checkpointing, seed=seed,
+                    init_from=init_from).items() if v is not None})  # fmt: skip
                 gcfg = generalist_config(**over)
             result = train_generalist(out, gcfg, resume=resume, device=device)
             typer.echo(f"best validation Dice {result.best_dice:.4f}; run in {result.out_dir}")

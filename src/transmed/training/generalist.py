@@ -43,10 +43,28 @@ COHORT_SEED = 7
 
 
 def generalist_config(**overrides: Any) -> TrainConfig:
-    """The recipe's TrainConfig (``overrides`` for shorter runs and tests)."""
+    """The recipe's TrainConfig, with ``overrides`` (a config file's keys, CLI options, tests).
+
+    The attention models get their relative-bias reach from the training patch; another
+    registered model (``model="unet"`` for the baseline with the same recipe) gets its
+    defaults unless ``model_kwargs`` is given.
+
+    Raises:
+        ConfigError: an invalid value (the message names the key).
+    """
+    from pydantic import ValidationError
+
+    from transmed.models.registry import model_kwargs
+
+    model = overrides.get("model", "transmed_a")
+    patch = overrides.get("patch_size", (64, 64, 64))
+    try:
+        takes_patch = "patch_size" in model_kwargs(model)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"generalist recipe: {exc}") from None
     base: dict[str, Any] = {
-        "model": "transmed_a",
-        "model_kwargs": {"patch_size": 64},
+        "model": model,
+        "model_kwargs": {"patch_size": int(max(patch))} if takes_patch else {},
         "epochs": 22,
         "iters_per_epoch": 250,
         "batch_size": 2,
@@ -60,7 +78,12 @@ def generalist_config(**overrides: Any) -> TrainConfig:
         "seed": 0,
     }
     base.update(overrides)
-    return TrainConfig(**base)
+    try:
+        return TrainConfig(**base)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+                         for e in exc.errors())  # fmt: skip
+        raise ConfigError(f"generalist recipe: invalid config: {msgs}") from None
 
 
 def generalist_preprocess_config() -> dict[str, Any]:

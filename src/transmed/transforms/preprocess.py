@@ -254,11 +254,14 @@ def _matrix(values: Any, shape: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class PreprocessedCase:
-    """Network-ready case: ``image (4, D, H, W) float32``, ``label (D, H, W) uint8 | None``."""
+    """Network-ready case: ``image (4, D, H, W) float32``, ``label (D, H, W) uint8 | None``,
+    and ``mask (D, H, W) bool``: the brain (or foreground) the image was z-scored over; the
+    image is 0 outside it."""
 
     image: np.ndarray
     label: np.ndarray | None
     record: PreprocessRecord
+    mask: np.ndarray | None = None
 
 
 def _as_modality_dict(
@@ -516,7 +519,7 @@ def preprocess_case(
         extra=extra,
     )
     seconds["total"] = time.perf_counter() - t_start
-    return PreprocessedCase(image=image, label=out_label, record=record)
+    return PreprocessedCase(image=image, label=out_label, record=record, mask=mask)
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:

@@ -48,6 +48,9 @@ MIN_GRID_VOXELS = 16
 #: Mattes mutual information (ITK's sign: negative, lower is better) above this after
 #: registration means the series shares no structure with the reference.
 MIN_INFORMATION = -0.05
+#: A registration must improve the mutual information at the headers' alignment by at least
+#: this much to count as evidence of motion.
+MIN_GAIN = 1e-3
 
 
 class RegistrationError(ValueError):
@@ -290,15 +293,26 @@ def _coregister(
     coarse.SetInitialTransform(identity, inPlace=False)
     w_coarse = _euler_to_world(coarse.Execute(fixed_img, moving_img), spacing, grid_affine)
     moved = displacement_mm(w_coarse, points)[0]
-    if not force and moved < ALIGNED_MM:
+    # The optimiser can wander off from a correct start (large steps on a flat metric) and end
+    # where the match is worse than the headers': that is no evidence of motion.
+    coarse_after = _metric(fixed_img, moving_img, mask_img,
+                           _world_to_euler(w_coarse, spacing, grid_affine, centre))  # fmt: skip
+    worse = coarse_after > before - MIN_GAIN
+    if not force and (moved < ALIGNED_MM or worse):
         if before > MIN_INFORMATION:
             raise RegistrationError(
                 f"{name}: shares no information with the reference (mutual information "
                 f"{before:.3f}); is it an image of the same head?"
             )
+        if moved >= ALIGNED_MM:
+            reason = (f"coarse registration moved the brain by {moved:.2f} mm but matched "
+                      f"worse than the headers (mutual information {coarse_after:.3f} against "
+                      f"{before:.3f}): headers kept")  # fmt: skip
+        else:
+            reason = f"coarse registration moved the brain by {moved:.2f} mm < {ALIGNED_MM} mm"
         return RegistrationResult(
             np.eye(4), "header", before, before, moved, 0.0, 0.0, time.perf_counter() - t0,
-            reason=f"coarse registration moved the brain by {moved:.2f} mm < {ALIGNED_MM} mm",
+            reason=reason,
         )  # fmt: skip
 
     # Refine at the working resolution from the coarse result.
@@ -327,6 +341,12 @@ def _coregister(
         reason="forced (frame of reference or configuration)" if force else
         f"coarse registration moved the brain by {moved:.2f} mm >= {ALIGNED_MM} mm",
     )  # fmt: skip
+    if not force and after > before - MIN_GAIN:  # refined into a worse match: keep headers
+        return RegistrationResult(
+            np.eye(4), "header", before, before, moved, 0.0, 0.0, time.perf_counter() - t0,
+            reason=f"registration matched worse than the headers (mutual information "
+            f"{after:.3f} against {before:.3f}): headers kept",
+        )  # fmt: skip
     if after > MIN_INFORMATION:
         raise RegistrationError(
             f"{name}: cannot be registered to the reference: no shared information after "

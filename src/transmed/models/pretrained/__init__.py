@@ -34,9 +34,9 @@ class PretrainedModel:
 PRETRAINED: dict[str, PretrainedModel] = {
     "generalist": PretrainedModel(
         name="generalist",
-        file="generalist_v1_1.pt",
-        sha256="c6b8c83bfce9bda7ab63f3bf8f12ff80b9fa0be3f3c3991960d187bc2e8e8bba",
-        version="1.1",
+        file="generalist_v1_2.pt",
+        sha256="6c1560e9f2964e8c1d6879656337034957c3f86207b98b2aabb1423a17cbff4d",
+        version="1.2",
         summary="transmed_a trained only on domain-randomised synthetic heads and brains "
         "(skull on or stripped, 1-7.5 mm slices, missing series); 1.5 mm working grid",
     ),

@@ -20,6 +20,8 @@ const nv = new niivue.Niivue({
   dragAndDropEnabled: false, crosshairWidth: 1, crosshairColor: [0.2, 0.6, 1, 0.6],
 });
 window.tm = { nv, state };
+// ms since navigation: this script running, NiiVue's shaders ready (benchmarks read them)
+state.bootMarks = { script: performance.now() };
 
 // NiiVue computes a gradient texture (a blur and a Sobel pass over the whole volume) each time
 // a background volume loads. Only its gradient-lit renderers read it; this page uses the plain
@@ -303,6 +305,7 @@ async function main() {
   });
   early.catch(() => {});
   await nv.attachTo("gl"); // its shaders exist once this resolves
+  state.bootMarks.attached = performance.now();
   state.gradientSkipped = skipGradientPasses();
   for (const b of document.querySelectorAll("#views button")) b.onclick = () => setView(+b.dataset.view);
   for (const b of document.querySelectorAll("#tools button")) b.onclick = () => setTool(b.dataset.tool);
