@@ -33,16 +33,18 @@ from transmed.io.atomic import atomic_write_text
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
 
-def write_generated(root: Path, n: int, seed: int = 2) -> Path:
+def write_generated(root: Path, n: int, seed: int = 2, indices: list[int] | None = None) -> Path:
     from transmed.data.generator import GeneratorConfig, LabelMapPool
     from transmed.data.generator.dataset import sample_rng
     from transmed.data.generator.sample import draw_sample
 
-    pool = LabelMapPool(root.parent / "labelmaps", n, seed, 1.5)
+    indices = list(range(n)) if indices is None else indices
+    pool = LabelMapPool(root.parent / "labelmaps", max(indices, default=0) + 1, seed, 1.5)
     cfg = GeneratorConfig(dropout_prob=0.0)
     info_all = {}
-    for i in range(n):
-        cid = f"BraTS2021_{90000 + i:05d}"
+    first = 90000 if seed == 2 else 90000 + 1000 * seed
+    for i in indices:
+        cid = f"BraTS2021_{first + i:05d}"
         case = root / cid
         if (case / f"{cid}_seg.nii.gz").is_file():
             continue
@@ -59,6 +61,17 @@ def write_generated(root: Path, n: int, seed: int = 2) -> Path:
     if info_all:
         (root / "generation.json").write_text(json.dumps(info_all, indent=1))
     return root
+
+
+def write_generated_without_et(root: Path, n: int, seed: int = 3, scan: int = 80) -> Path:
+    """``n`` raw generated cases whose tumour has no enhancing part (non-enhancing, lower-grade
+    tumours): the first ``n`` such label maps of a pool of another seed (the target "no ET
+    where there is none")."""
+    from transmed.data.generator import LabelMapPool
+
+    pool = LabelMapPool(root.parent / "labelmaps", scan, seed, 1.5)
+    picked = [i for i in range(scan) if not np.any(pool.get(i).fine == 6)][:n]
+    return write_generated(root, n, seed, indices=picked)
 
 
 def write_cohort(root: Path, n: int, seed: int = 7) -> Path:
@@ -102,15 +115,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/generalist"))
     ap.add_argument("--n-generated", type=int, default=12)
     ap.add_argument("--n-cohort", type=int, default=6)
+    ap.add_argument("--n-without-et", type=int, default=0,
+                    help="also N generated cases with non-enhancing tumours only (false ET)")
     ap.add_argument("--mode", default=None, help="force --mode whole|sliding")
     ap.add_argument("--keep", action="store_true",
                     help="reuse predictions and evaluations already in --work (resume)")
     args = ap.parse_args()
     models = dict(kv.split("=", 1) for kv in args.models.split(","))
-    sets = {
-        "generated": write_generated(args.work / "generated", args.n_generated),
-        "cohort": write_cohort(args.work / "cohort", args.n_cohort),
-    }
+    sets = {}
+    if args.n_generated:
+        sets["generated"] = write_generated(args.work / "generated", args.n_generated)
+    if args.n_cohort:
+        sets["cohort"] = write_cohort(args.work / "cohort", args.n_cohort)
+    if args.n_without_et:
+        sets["without_et"] = write_generated_without_et(args.work / "without_et",
+                                                        args.n_without_et)  # fmt: skip
     summary: dict = {"models": models, "sets": {}, "seconds": {}}
     for set_name, ref in sets.items():
         summary["sets"][set_name] = {}

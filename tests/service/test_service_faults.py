@@ -185,6 +185,28 @@ def test_health_reports_a_listener_that_cannot_serve(node, monkeypatch):
     assert body["dicom_listener"]["ok"] is False
 
 
+def test_health_answers_when_the_self_check_stalls(node, monkeypatch):
+    """An association that never ends (seen once in CI under load: a transport event in the
+    idle state left the requestor waiting) must not hang /health: it reports degraded."""
+    import threading
+
+    from transmed.service import scp
+
+    release = threading.Event()
+    monkeypatch.setattr(node.listener, "_check", lambda timeout: release.wait() and (True, ""))
+    monkeypatch.setattr(scp, "SELF_CHECK_BOUND", 0.2)  # 0.2 × the 3 s check timeout
+    node.listener._last_check = None
+    url = f"http://127.0.0.1:{node.http_port}/health"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(url, timeout=20)
+        body = json.loads(exc.value.read())
+        assert exc.value.code == 503 and body["dicom_listener"]["ok"] is False
+        assert "unanswered within" in json.dumps(body)
+    finally:
+        release.set()
+
+
 def test_start_raises_the_soft_open_file_limit(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 1024:

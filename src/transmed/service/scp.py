@@ -37,6 +37,8 @@ from transmed.service.validation import (
 log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
+#: The listener's self-check gives up after this many times its network timeout.
+SELF_CHECK_BOUND = 3.0
 #: Uncompressed transfer syntaxes: Implicit / Explicit VR Little Endian, Big Endian. Not
 #: Deflated (1.2.840.10008.1.2.1.99): its inflated size is unknown until pydicom has inflated it.
 TRANSFER_SYNTAXES = (
@@ -162,9 +164,22 @@ class DicomListener:
             now = time.monotonic()
             if self._last_check is not None and now - self._last_check[0] < max_age_s:
                 return self._last_check[1], self._last_check[2]
-            ok, detail = self._check(timeout)
+            ok, detail = self._bounded_check(timeout)
             self._last_check = (time.monotonic(), ok, detail)
             return ok, detail
+
+    def _bounded_check(self, timeout: float) -> tuple[bool, str]:
+        """:meth:`_check` with a wall-clock bound: pynetdicom's own timeouts do not cover every
+        way an association can stall (seen: a transport event in the idle state left the
+        requestor waiting), and /health must answer whatever the listener does."""
+        out: list[tuple[bool, str]] = []
+        worker = threading.Thread(target=lambda: out.append(self._check(timeout)),
+                                  name="transmed-self-check", daemon=True)  # fmt: skip
+        worker.start()
+        worker.join(SELF_CHECK_BOUND * timeout)
+        if not out:
+            return False, f"self-check unanswered within {SELF_CHECK_BOUND * timeout:.0f} s"
+        return out[0]
 
     def _check(self, timeout: float) -> tuple[bool, str]:
         from pynetdicom import AE
