@@ -13,7 +13,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from transmed.federated.privacy import DPSettings
-from transmed.training.config import ConfigError, TrainConfig, read_config_file
+from transmed.training.config import (
+    ConfigError,
+    TrainConfig,
+    read_config_file,
+    validation_message,
+)
 from transmed.training.schedule import lr_factor
 
 
@@ -79,8 +84,5 @@ def load_federated_config(path: str | Path | None = None, **overrides: Any) -> F
     try:
         return FederatedConfig(**data)
     except ValidationError as exc:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}invalid federation config: {msgs}") from None
+        raise ConfigError(f"{where}invalid federation config: {validation_message(exc)}") from None

@@ -97,6 +97,18 @@ class Prediction:
     record: PreprocessRecord | None = None  # what preprocessing decided (for the provenance)
 
 
+def _agreed(values: Mapping[Path, Any], what: str) -> Any:
+    """The one value every fold records.
+
+    Raises:
+        CheckpointError: folds that record different values (the message lists them).
+    """
+    if len(set(values.values())) > 1:
+        raise CheckpointError(f"the folds record different {what}: "
+                              + ", ".join(f"{p}: {v}" for p, v in values.items()))  # fmt: skip
+    return next(iter(values.values()))
+
+
 @dataclass
 class Predictor:
     """Region probabilities and label maps for preprocessed or raw cases.
@@ -186,19 +198,10 @@ class Predictor:
         config = prep if prep is not None else PreprocessConfig()
         if kwargs.get("roi_size") is None:
             kwargs["roi_size"] = patch
-        if len(set(modes.values())) > 1:  # the folds of an ensemble must run alike
-            raise CheckpointError(
-                "the folds record different inference modes: "
-                + ", ".join(f"{p}: {m}" for p, m in modes.items())
-            )
-        kwargs.setdefault("model_mode", next(iter(modes.values())))
-        if len(set(cleanups.values())) > 1:
-            raise CheckpointError(
-                "the folds record different post-processing: "
-                + ", ".join(f"{p}: {c}" for p, c in cleanups.items())
-            )
+        # the folds of an ensemble must run alike
+        kwargs.setdefault("model_mode", _agreed(modes, "inference modes"))
         # the checkpoint's own clean-up unless the caller chose one (None: off)
-        kwargs.setdefault("postprocess", next(iter(cleanups.values())))
+        kwargs.setdefault("postprocess", _agreed(cleanups, "post-processing"))
         kwargs.setdefault("checkpoints", [
             {"name": (c.get("model_config") or {}).get("name"), "path": str(p),
              "sha256": file_sha256(p)} for p, _, c in loaded

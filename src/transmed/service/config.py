@@ -19,7 +19,6 @@ Example (``docs/service.md`` has the full annotated version)::
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 from pathlib import Path
@@ -293,20 +292,9 @@ def load_config(path: str | Path) -> ServiceConfig:
         ConfigError: (a ``ValueError``) the file is missing, unparsable or invalid; the message
             names the file and the key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: configuration file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    from transmed.io.config_file import read_mapping
 
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        raise ConfigError(f"{path}: cannot parse ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    path = Path(path)
+    data = read_mapping(path, ConfigError)
     _resolve_paths(data, path.resolve().parent)
     return config_from_dict(data, source=str(path))

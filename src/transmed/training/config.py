@@ -7,7 +7,6 @@ The resolved config is saved into the run folder and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,27 +86,20 @@ class TrainConfig(BaseModel):
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a JSON or YAML (``.yaml``/``.yml``) config file.
+    """The mapping in a JSON (``.json``) or YAML config file (see ``io.config_file``).
 
     Raises:
         ConfigError: the file is missing, unparsable or not a mapping (the message names it).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    from transmed.io.config_file import read_mapping
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise ConfigError(f"{path}: cannot parse ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values")
-    return data
+    return read_mapping(path, ConfigError)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """pydantic's errors as one line: ``key.sub: message; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+                     for e in exc.errors())  # fmt: skip
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
@@ -117,8 +109,5 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}invalid config: {msgs}") from None
+        raise ConfigError(f"{where}invalid config: {validation_message(exc)}") from None

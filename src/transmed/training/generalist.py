@@ -29,7 +29,7 @@ import numpy as np
 from transmed.data.generator import GeneratorConfig, GeneratorDataset, LabelMapPool
 from transmed.data.generator.dataset import sample_rng
 from transmed.data.generator.sample import draw_sample, fine_to_internal
-from transmed.training.config import ConfigError, TrainConfig
+from transmed.training.config import ConfigError, TrainConfig, load_config
 from transmed.transforms.store import save_arrays, write_json
 
 #: Working grid of the generalist model (mm, isotropic, RAS).
@@ -52,8 +52,6 @@ def generalist_config(**overrides: Any) -> TrainConfig:
     Raises:
         ConfigError: an invalid value (the message names the key).
     """
-    from pydantic import ValidationError
-
     from transmed.models.registry import model_kwargs
 
     model = overrides.get("model", "transmed_a")
@@ -77,13 +75,7 @@ def generalist_config(**overrides: Any) -> TrainConfig:
         "num_workers": 0,
         "seed": 0,
     }
-    base.update(overrides)
-    try:
-        return TrainConfig(**base)
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
-                         for e in exc.errors())  # fmt: skip
-        raise ConfigError(f"generalist recipe: invalid config: {msgs}") from None
+    return load_config(None, **{**base, **overrides})  # ConfigError naming the key
 
 
 def generalist_preprocess_config() -> dict[str, Any]:
