@@ -4,7 +4,8 @@ Each stage is a run folder of ``transmed train --preset generalist`` (the second
 the one before with ``--init-from``); steps are counted across stages. Stages 1 and 2 validate
 on the same held-out cases (6 generated, 4 of the original synthetic cohort); stage 3 drew its
 6 generated cases anew (same seeds, the generator with enhancing dura), so its generated curve
-is on other cases (the cohort cases are the same).
+is on other cases (the cohort cases are the same); stage 4 validates on stage 3's cases
+(copied), so stages 3 and 4 are comparable.
 
     python benchmarks/generalist_curve.py RUN1/metrics.csv RUN2/metrics.csv \
         --out benchmarks/results/generalist/learning_curve.csv \
@@ -40,8 +41,8 @@ def main() -> None:
     ap.add_argument("metrics", type=Path, nargs="+")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--figure", type=Path, required=True)
-    ap.add_argument("--title", default="generalist: stage 1 (from scratch) | stage 2 and 3 "
-                    "(--init-from the stage before; stage 3's generated cases are new)")
+    ap.add_argument("--title", default="generalist: stage 1 (from scratch) | stages 2-4 "
+                    "(--init-from the stage before; generated cases new from stage 3)")
     args = ap.parse_args()
     rows = merge(args.metrics)
     fields = list(rows[0])

@@ -33,7 +33,11 @@ from transmed.io.atomic import atomic_write_text
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
 
-def write_generated(root: Path, n: int, seed: int = 2, indices: list[int] | None = None) -> Path:
+def write_generated(root: Path, n: int, seed: int = 2, indices: list[int] | None = None,
+                    draws: list[int] | None = None, first: int | None = None) -> Path:  # fmt: skip
+    """Raw generated cases (scanner-like: not z-scored, skull on or off) from label maps
+    ``indices`` of pool ``seed``; ``draws[k]`` picks another appearance of the same map;
+    ``first`` numbers the cases from it instead of by map index."""
     from transmed.data.generator import GeneratorConfig, LabelMapPool
     from transmed.data.generator.dataset import sample_rng
     from transmed.data.generator.sample import draw_sample
@@ -41,15 +45,18 @@ def write_generated(root: Path, n: int, seed: int = 2, indices: list[int] | None
     indices = list(range(n)) if indices is None else indices
     pool = LabelMapPool(root.parent / "labelmaps", max(indices, default=0) + 1, seed, 1.5)
     cfg = GeneratorConfig(dropout_prob=0.0)
+    draws = [0] * len(indices) if draws is None else draws
     info_all = {}
-    first = 90000 if seed == 2 else 90000 + 1000 * seed
-    for i in indices:
-        cid = f"BraTS2021_{first + i:05d}"
+    # case numbers: first + k when ``first`` is given, else the pool's number + map index
+    numbers = ([first + k for k in range(len(indices))] if first is not None else
+               [(90000 if seed == 2 else 90000 + 1000 * seed) + i for i in indices])  # fmt: skip
+    for i, d, number in zip(indices, draws, numbers, strict=True):
+        cid = f"BraTS2021_{number:05d}"
         case = root / cid
         if (case / f"{cid}_seg.nii.gz").is_file():
             continue
         case.mkdir(parents=True, exist_ok=True)
-        image, fine, info = draw_sample(pool.get(i), sample_rng(seed, 0, i), cfg, whole=True,
+        image, fine, info = draw_sample(pool.get(i), sample_rng(seed, d, i), cfg, whole=True,
                                         raw=True)  # fmt: skip
         affine = np.diag([1.5, 1.5, 1.5, 1.0])
         for c, m in enumerate(MODALITIES):
@@ -72,6 +79,21 @@ def write_generated_without_et(root: Path, n: int, seed: int = 3, scan: int = 80
     pool = LabelMapPool(root.parent / "labelmaps", scan, seed, 1.5)
     picked = [i for i in range(scan) if not np.any(pool.get(i).fine == 6)][:n]
     return write_generated(root, n, seed, indices=picked)
+
+
+def write_generated_tumour_free(root: Path, n: int, seed: int = 3, scan: int = 80) -> Path:
+    """``n`` raw generated heads with no tumour at all: the pool's own tumour-free label maps
+    (about 5 % of maps; nothing erased, no mass effect), each drawn with several appearances
+    (contrast, resolution, skull, bias) when there are fewer maps than ``n``."""
+    from transmed.data.generator import LabelMapPool
+
+    pool = LabelMapPool(root.parent / "labelmaps", scan, seed, 1.5)
+    free = [i for i in range(scan) if pool.get(i).tumour_voxels.size == 0]
+    if not free:
+        raise SystemExit(f"no tumour-free label map among the first {scan} of pool {seed}")
+    picked = [free[k % len(free)] for k in range(n)]
+    draws = [k // len(free) for k in range(n)]
+    return write_generated(root, n, seed, indices=picked, draws=draws, first=95000)
 
 
 def write_cohort(root: Path, n: int, seed: int = 7) -> Path:
@@ -108,6 +130,24 @@ def false_et(pred_dir: Path, ref_dir: Path) -> dict[str, float]:
     return out
 
 
+def false_volumes(pred_dir: Path, ref_dir: Path) -> dict[str, dict[str, float]]:
+    """Predicted volume (ml) of each region the reference does not have at all, per case."""
+    regions = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+    out: dict[str, dict[str, float]] = {}
+    for seg in sorted(ref_dir.glob("*/*_seg.nii.gz")):
+        ref = np.asarray(nib.load(str(seg)).dataobj)
+        absent = [r for r, vals in regions.items() if not np.isin(ref, vals).any()]
+        pred = pred_dir / f"{seg.parent.name}.nii.gz"
+        if not absent or not pred.is_file():
+            continue
+        img = nib.load(str(pred))
+        lab = np.asarray(img.dataobj)
+        ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+        out[seg.parent.name] = {r: round(float(np.isin(lab, regions[r]).sum() * ml), 3)
+                                for r in absent}  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", required=True, help="name=path_or_shipped_name,...")
@@ -117,6 +157,8 @@ def main() -> None:
     ap.add_argument("--n-cohort", type=int, default=6)
     ap.add_argument("--n-without-et", type=int, default=0,
                     help="also N generated cases with non-enhancing tumours only (false ET)")
+    ap.add_argument("--n-tumour-free", type=int, default=0,
+                    help="also N generated heads with no tumour (false WT/TC/ET volume)")
     ap.add_argument("--mode", default=None, help="force --mode whole|sliding")
     ap.add_argument("--keep", action="store_true",
                     help="reuse predictions and evaluations already in --work (resume)")
@@ -130,6 +172,9 @@ def main() -> None:
     if args.n_without_et:
         sets["without_et"] = write_generated_without_et(args.work / "without_et",
                                                         args.n_without_et)  # fmt: skip
+    if args.n_tumour_free:
+        sets["tumour_free"] = write_generated_tumour_free(args.work / "tumour_free",
+                                                          args.n_tumour_free)  # fmt: skip
     summary: dict = {"models": models, "sets": {}, "seconds": {}}
     for set_name, ref in sets.items():
         summary["sets"][set_name] = {}
@@ -150,6 +195,7 @@ def main() -> None:
             res = json.loads(ev.with_name(ev.name + ".json").read_text())  # evaluate's --out
             summary["sets"][set_name][name] = {
                 "evaluation": str(ev), "false_et_ml": false_et(pred, ref),
+                "false_volume_ml": false_volumes(pred, ref),
                 **{k: v for k, v in res.items() if k != "cases"},
             }  # fmt: skip
             summary["seconds"][f"{set_name}/{name}"] = round(secs, 1)

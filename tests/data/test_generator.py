@@ -12,7 +12,7 @@ import pytest
 from transmed.data.generator import GeneratorConfig, GeneratorDataset, LabelMapPool, draw_sample
 from transmed.data.generator.dataset import sample_rng
 from transmed.data.generator.labelmaps import make_labelmap
-from transmed.data.generator.sample import fine_to_internal, fine_to_regions
+from transmed.data.generator.sample import erase_tumour, fine_to_internal, fine_to_regions
 from transmed.data.synth.tumour import sample_tumours_varied
 
 SPACING = 4.0  # coarse maps keep these tests fast; the recipe uses 1.5 mm
@@ -170,3 +170,39 @@ def test_bad_config_is_refused() -> None:
         GeneratorConfig(skull_prob=1.5)
     with pytest.raises(ValueError, match="patch_size"):
         GeneratorConfig(patch_size=(8, 8, 8))
+
+
+def test_erase_tumour_fills_from_the_nearest_normal_tissue() -> None:
+    fine = np.full((9, 9, 9), 3, np.uint8)  # white matter
+    fine[:, :, :3] = 2  # grey matter on one side
+    fine[2:7, 2:7, 2:7] = 7  # oedema
+    fine[3:6, 3:6, 3:6] = 6  # enhancing core
+    fine[0] = 0  # outside the brain stays outside
+    out = erase_tumour(fine)
+    assert not ((out >= 4) & (out <= 7)).any()
+    assert (out[0] == 0).all() and out[4, 4, 1] == 2 and out[4, 4, 7] == 3
+    assert out[4, 4, 2] == 2 and out[4, 4, 6] == 3  # nearest side wins
+    assert (out[fine < 4] == fine[fine < 4]).all()  # normal voxels untouched
+    only_tumour = np.full((3, 3, 3), 6, np.uint8)
+    assert (erase_tumour(only_tumour) == 6).all()  # nothing to fill from: unchanged
+
+
+def test_tumour_free_patches_have_empty_targets(pool: LabelMapPool) -> None:
+    cfg = GeneratorConfig(patch_size=PATCH, foreground_prob=1.0, tumour_free_prob=0.5)
+    lm = next(pool.get(i) for i in range(len(pool)) if pool.get(i).tumour_voxels.size)
+    erased = kept = 0
+    for i in range(16):
+        _, fine, info = draw_sample(lm, np.random.default_rng(i), cfg)
+        has_tumour = bool(((fine >= 4) & (fine <= 7)).any())
+        if info["tumour_erased"]:
+            erased += 1
+            assert not has_tumour and fine.any()  # brain kept, tumour gone
+        else:
+            kept += 1
+            assert has_tumour  # centred on tumour
+    assert erased >= 3 and kept >= 3
+    # 0 (the default) draws nothing extra: earlier runs' samples are unchanged
+    a = draw_sample(lm, np.random.default_rng(5), GeneratorConfig(patch_size=PATCH))
+    assert a[2]["tumour_erased"] is False
+    with pytest.raises(ValueError, match="tumour_free_prob"):
+        GeneratorConfig(tumour_free_prob=-0.1)

@@ -78,19 +78,32 @@ def test_train_preset_takes_the_config_file_and_options(tmp_path: Path, monkeypa
 
     seen = {}
 
-    def fake_train(out, config, resume=False, device=None):  # records what would be trained
-        seen["config"] = config
+    def fake_train(out, config, resume=False, device=None, generator=None):
+        seen["config"], seen["generator"] = config, generator  # what would be trained
         raise SystemExit(0)
 
     monkeypatch.setattr(g, "train_generalist", fake_train)
     cfg = tmp_path / "more.json"
-    cfg.write_text(json.dumps({"lr": 0.001, "epochs": 3}))
+    cfg.write_text(json.dumps({"lr": 0.001, "epochs": 3,
+                               "generator": {"tumour_free_prob": 0.3, "slice_mm": [3, 6]}}))
     res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
                                    "--epochs", "5", "--model", "unet", "--out",
                                    str(tmp_path / "run")])  # fmt: skip
     assert res.exit_code == 0, res.output
     c = seen["config"]
     assert (c.lr, c.epochs, c.model, c.iters_per_epoch) == (0.001, 5, "unet", 250)
+    gen = seen["generator"]
+    assert (gen.tumour_free_prob, gen.slice_mm, gen.patch_size) == (0.3, (3, 6), (64, 64, 64))
+    # the recipe's generator without a "generator" mapping
+    cfg.write_text(json.dumps({"lr": 0.001}))
+    res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
+                                   "--out", str(tmp_path / "run3")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen["generator"].tumour_free_prob == g.GENERATOR_RECIPE["tumour_free_prob"] > 0
+    cfg.write_text(json.dumps({"generator": {"tumour_free": 0.3}}))
+    res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
+                                   "--out", str(tmp_path / "run4")])  # fmt: skip
+    assert res.exit_code != 0 and "tumour_free" in res.output
     cfg.write_text(json.dumps({"lr": -1}))
     res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
                                    "--out", str(tmp_path / "run2")])  # fmt: skip

@@ -39,11 +39,15 @@ def train_cmd(
 
         generalist_run = (out / "generator.json").is_file()
         if preset is not None or (resume and generalist_run):
-            from transmed.training.generalist import generalist_config, train_generalist
+            from transmed.training.generalist import (
+                generalist_config,
+                generalist_generator,
+                train_generalist,
+            )
 
             if preset not in (None, "generalist"):
                 raise typer.BadParameter(f"unknown preset {preset!r}; available: generalist")
-            gcfg = None
+            gcfg = generator = None
             if not resume:
                 from transmed.training.config import read_config_file
 
@@ -54,8 +58,14 @@ def train_cmd(
                     batch_size=batch_size, precision=precision,
                     grad_checkpointing=grad_checkpointing, seed=seed,
                     init_from=init_from).items() if v is not None})  # fmt: skip
+                # the config file's "generator" mapping sets the generator's draws
+                gen_over = over.pop("generator", None) or {}
+                if not isinstance(gen_over, dict):
+                    raise typer.BadParameter("the config file's 'generator' must be a mapping")
                 gcfg = generalist_config(**over)
-            result = train_generalist(out, gcfg, resume=resume, device=device)
+                generator = generalist_generator(tuple(gcfg.patch_size), **gen_over)
+            result = train_generalist(out, gcfg, resume=resume, device=device,
+                                      generator=generator)  # fmt: skip
             typer.echo(f"best validation Dice {result.best_dice:.4f}; run in {result.out_dir}")
             return
         cfg = None

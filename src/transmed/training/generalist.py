@@ -78,6 +78,32 @@ def generalist_config(**overrides: Any) -> TrainConfig:
     return load_config(None, **{**base, **overrides})  # ConfigError naming the key
 
 
+#: The recipe's generator settings where they differ from GeneratorConfig's defaults.
+GENERATOR_RECIPE: dict[str, Any] = {"tumour_free_prob": 0.15}
+_GENERATOR_TUPLES = ("patch_size", "scale", "slice_mm", "lowres_mm")
+
+
+def generalist_generator(patch_size: Any = (64, 64, 64), **overrides: Any) -> GeneratorConfig:
+    """The recipe's generator settings, with ``overrides`` (the ``generator`` mapping of a
+    config file).
+
+    Raises:
+        ConfigError: an unknown key or an invalid value (the message names it).
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(GeneratorConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"generator: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = {**GENERATOR_RECIPE, **overrides, "patch_size": patch_size}
+    values = {k: tuple(v) if k in _GENERATOR_TUPLES else v for k, v in values.items()}
+    try:
+        return GeneratorConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"generator: {exc}") from None
+
+
 def generalist_preprocess_config() -> dict[str, Any]:
     """What ``predict`` must do to raw input for this model (checked by PreprocessConfig)."""
     from transmed.transforms.preprocess import PreprocessConfig
@@ -160,8 +186,8 @@ def train_generalist(out: Path, config: TrainConfig | None = None, *, resume: bo
         meta = json.loads(gen_file.read_text())
         saved = json.loads((out / "config.json").read_text())
         config = TrainConfig(**{k: v for k, v in saved.items() if k != "data"})
-        tuples = ("patch_size", "scale", "slice_mm", "lowres_mm")
-        generator = GeneratorConfig(**{k: tuple(v) if k in tuples else v
+        # keys a run predates take GeneratorConfig's defaults, which draw as before
+        generator = GeneratorConfig(**{k: tuple(v) if k in _GENERATOR_TUPLES else v
                                        for k, v in meta["generator"].items()})  # fmt: skip
         pool_size, spacing = int(meta["pool_size"]), float(meta["spacing_mm"])
     else:
@@ -172,7 +198,7 @@ def train_generalist(out: Path, config: TrainConfig | None = None, *, resume: bo
             from transmed.training.run import initial_weights
 
             config, init_state = initial_weights(config)
-        generator = generator or GeneratorConfig(patch_size=tuple(config.patch_size))
+        generator = generator or generalist_generator(tuple(config.patch_size))
         spacing = GENERALIST_SPACING
         write_run_files(out, config, {"train": [], "val": []}, Path("generator"))
         write_json({"generator": generator.to_dict(), "pool_size": pool_size,

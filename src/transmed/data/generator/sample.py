@@ -72,10 +72,14 @@ class GeneratorConfig:
     noise_max: float = 0.06
     gamma_std: float = 0.25
     dropout_prob: float = 0.35
+    #: patches whose tumour is replaced by the surrounding normal tissue (label all 0): brains
+    #: with no tumour, so that normal bright structures are seen without a tumour beside them.
+    #: 0 keeps the draws of runs made before the option existed (no extra random draw).
+    tumour_free_prob: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("foreground_prob", "skull_prob", "random_contrast_prob", "thick_slice_prob",
-                     "lowres_prob", "dropout_prob"):  # fmt: skip
+                     "lowres_prob", "dropout_prob", "tumour_free_prob"):  # fmt: skip
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"GeneratorConfig.{name} must be in [0, 1], got {v}")
@@ -103,6 +107,20 @@ def fine_to_internal(fine: np.ndarray) -> np.ndarray:
     lut[7] = 2
     lut[6] = 3
     return lut[fine]
+
+
+def erase_tumour(fine: np.ndarray) -> np.ndarray:
+    """(*S) fine classes -> a copy whose tumour voxels (classes 4-7) take the class of the
+    nearest normal brain voxel (CSF, GM, WM, bright, WMH): the same anatomy, mass effect
+    included, without a tumour. Unchanged when the array holds no normal brain voxel."""
+    tumour = (fine >= 4) & (fine <= 7)
+    normal = (fine > 0) & ~tumour
+    if not tumour.any() or not normal.any():
+        return fine.copy()
+    idx = ndi.distance_transform_edt(~normal, return_distances=False, return_indices=True)
+    out = fine.copy()
+    out[tumour] = fine[tuple(i[tumour] for i in idx)]
+    return out
 
 
 def _layers(fine: np.ndarray, dist: np.ndarray, mod: np.ndarray, t: dict[str, float]) -> np.ndarray:
@@ -311,6 +329,7 @@ def draw_sample(
     shape = np.asarray(lm.fine.shape)
     p = _draw_params(rng, cfg)
     flip_lr = bool(rng.uniform() < 0.5)
+    erased = False
     if whole:
         fine = lm.fine
         dist = lm.dist
@@ -335,6 +354,9 @@ def draw_sample(
         fine = ndi.map_coordinates(lm.fine, src, order=0, mode="constant", cval=0)
         dist = ndi.map_coordinates(lm.dist, src, order=1, mode="constant", cval=40.0)
         out_shape = tuple(int(s) for s in patch)
+        if cfg.tumour_free_prob > 0 and rng.uniform() < cfg.tumour_free_prob:
+            fine = erase_tumour(fine.reshape(out_shape)).ravel()
+            erased = True
     # the smooth fields, sampled on a 9-node sub-grid of the output and up-sampled (exact for
     # the affine map, accurate for fields that vary over ~40 mm)
     sub = [np.linspace(0, n - 1, 9) for n in out_shape]
@@ -388,7 +410,7 @@ def draw_sample(
     info = {
         "key": list(lm.key), "skull_on": p["skull_on"], "contrast_kind": p["contrast_kind"],
         "resolution": [list(r) for r in p["resolution"]], "dropped": list(p["dropped"]),
-        "extraction_mm": p["extraction_mm"], "flip_lr": flip_lr,
+        "extraction_mm": p["extraction_mm"], "flip_lr": flip_lr, "tumour_erased": erased,
         "zscore_mean": [round(float(v), 5) for v in mean],
         "zscore_std": [round(float(v), 5) for v in std],
     }  # fmt: skip

@@ -34,9 +34,9 @@ class PretrainedModel:
 PRETRAINED: dict[str, PretrainedModel] = {
     "generalist": PretrainedModel(
         name="generalist",
-        file="generalist_v1_2.pt",
-        sha256="6c1560e9f2964e8c1d6879656337034957c3f86207b98b2aabb1423a17cbff4d",
-        version="1.2",
+        file="generalist_v1_3.pt",
+        sha256="c6efe774dcbd3aac68e2fb2ac5e85d22a120e984b42729ff9e985ab89bfe03a7",
+        version="1.3",
         summary="transmed_a trained only on domain-randomised synthetic heads and brains "
         "(skull on or stripped, 1-7.5 mm slices, missing series); 1.5 mm working grid",
     ),
