@@ -114,22 +114,6 @@ def run(cmd: list[str], allowed: tuple[int, ...] = (0,)) -> float:
     return time.perf_counter() - t0
 
 
-def false_et(pred_dir: Path, ref_dir: Path) -> dict[str, float]:
-    """Predicted ET volume (ml) on reference cases that have no ET at all."""
-    out = {}
-    for seg in sorted(ref_dir.glob("*/*_seg.nii.gz")):
-        ref = nib.load(str(seg))
-        if np.any(np.asarray(ref.dataobj) == 4):
-            continue
-        cid = seg.parent.name
-        pred = pred_dir / f"{cid}.nii.gz"
-        if pred.is_file():
-            img = nib.load(str(pred))
-            ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
-            out[cid] = float(np.sum(np.asarray(img.dataobj) == 4) * ml)
-    return out
-
-
 def false_volumes(pred_dir: Path, ref_dir: Path) -> dict[str, dict[str, float]]:
     """Predicted volume (ml) of each region the reference does not have at all, per case."""
     regions = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -193,9 +177,11 @@ def main() -> None:
                 run(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(ev),
                      "--no-lesionwise"], allowed=(0, 1))  # fmt: skip
             res = json.loads(ev.with_name(ev.name + ".json").read_text())  # evaluate's --out
+            fv = false_volumes(pred, ref)
             summary["sets"][set_name][name] = {
-                "evaluation": str(ev), "false_et_ml": false_et(pred, ref),
-                "false_volume_ml": false_volumes(pred, ref),
+                "evaluation": str(ev), "false_volume_ml": fv,
+                # predicted ET (ml) on the cases without any ET
+                "false_et_ml": {c: v["ET"] for c, v in fv.items() if "ET" in v},
                 **{k: v for k, v in res.items() if k != "cases"},
             }  # fmt: skip
             summary["seconds"][f"{set_name}/{name}"] = round(secs, 1)

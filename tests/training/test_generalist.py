@@ -104,6 +104,8 @@ def test_train_preset_takes_the_config_file_and_options(tmp_path: Path, monkeypa
     res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
                                    "--out", str(tmp_path / "run4")])  # fmt: skip
     assert res.exit_code != 0 and "tumour_free" in res.output
+    with pytest.raises(ValueError, match="generator: expected a mapping"):
+        g.generalist_recipe({"generator": [0.3]})
     cfg.write_text(json.dumps({"lr": -1}))
     res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
                                    "--out", str(tmp_path / "run2")])  # fmt: skip

@@ -39,11 +39,7 @@ def train_cmd(
 
         generalist_run = (out / "generator.json").is_file()
         if preset is not None or (resume and generalist_run):
-            from transmed.training.generalist import (
-                generalist_config,
-                generalist_generator,
-                train_generalist,
-            )
+            from transmed.training.generalist import generalist_recipe, train_generalist
 
             if preset not in (None, "generalist"):
                 raise typer.BadParameter(f"unknown preset {preset!r}; available: generalist")
@@ -58,12 +54,7 @@ def train_cmd(
                     batch_size=batch_size, precision=precision,
                     grad_checkpointing=grad_checkpointing, seed=seed,
                     init_from=init_from).items() if v is not None})  # fmt: skip
-                # the config file's "generator" mapping sets the generator's draws
-                gen_over = over.pop("generator", None) or {}
-                if not isinstance(gen_over, dict):
-                    raise typer.BadParameter("the config file's 'generator' must be a mapping")
-                gcfg = generalist_config(**over)
-                generator = generalist_generator(tuple(gcfg.patch_size), **gen_over)
+                gcfg, generator = generalist_recipe(over)
             result = train_generalist(out, gcfg, resume=resume, device=device,
                                       generator=generator)  # fmt: skip
             typer.echo(f"best validation Dice {result.best_dice:.4f}; run in {result.out_dir}")

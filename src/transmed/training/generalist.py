@@ -96,12 +96,31 @@ def generalist_generator(patch_size: Any = (64, 64, 64), **overrides: Any) -> Ge
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"generator: unknown key(s) {unknown}; known: {sorted(known)}")
-    values = {**GENERATOR_RECIPE, **overrides, "patch_size": patch_size}
-    values = {k: tuple(v) if k in _GENERATOR_TUPLES else v for k, v in values.items()}
     try:
-        return GeneratorConfig(**values)
+        return _generator_config({**GENERATOR_RECIPE, **overrides, "patch_size": patch_size})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"generator: {exc}") from None
+
+
+def _generator_config(values: dict[str, Any]) -> GeneratorConfig:
+    """GeneratorConfig from JSON-like values (lists for its tuple fields)."""
+    return GeneratorConfig(**{k: tuple(v) if k in _GENERATOR_TUPLES else v
+                              for k, v in values.items()})  # fmt: skip
+
+
+def generalist_recipe(overrides: dict[str, Any]) -> tuple[TrainConfig, GeneratorConfig]:
+    """The recipe's TrainConfig and generator with ``overrides`` (a config file's keys and the
+    CLI options; its ``generator`` mapping sets the generator's draws).
+
+    Raises:
+        ConfigError: an invalid key or value (the message names it).
+    """
+    over = dict(overrides)
+    gen_over = over.pop("generator", None) or {}
+    if not isinstance(gen_over, dict):
+        raise ConfigError("generator: expected a mapping of generator settings")
+    config = generalist_config(**over)
+    return config, generalist_generator(tuple(config.patch_size), **gen_over)
 
 
 def generalist_preprocess_config() -> dict[str, Any]:
@@ -187,8 +206,7 @@ def train_generalist(out: Path, config: TrainConfig | None = None, *, resume: bo
         saved = json.loads((out / "config.json").read_text())
         config = TrainConfig(**{k: v for k, v in saved.items() if k != "data"})
         # keys a run predates take GeneratorConfig's defaults, which draw as before
-        generator = GeneratorConfig(**{k: tuple(v) if k in _GENERATOR_TUPLES else v
-                                       for k, v in meta["generator"].items()})  # fmt: skip
+        generator = _generator_config(meta["generator"])
         pool_size, spacing = int(meta["pool_size"]), float(meta["spacing_mm"])
     else:
         if (out / "checkpoints").exists() or (out / "config.json").exists():
