@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from transmed.data.labels import labels_to_regions
-from transmed.inference.postprocess import PostprocessConfig, postprocess_labels, small_components
+from transmed.inference.postprocess import (
+    PostprocessConfig,
+    coreless_components,
+    postprocess_labels,
+    small_components,
+)
 
 
 def _case() -> np.ndarray:
@@ -63,7 +68,47 @@ def test_small_components_uses_26_connectivity():
     assert small_components(mask, 3).sum() == 2
 
 
-@pytest.mark.parametrize("kwargs", [{"min_component_mm3": -1}, {"et_min_mm3": float("nan")}])
+def _satellites() -> np.ndarray:
+    labels = np.zeros((40, 30, 30), np.uint8)
+    labels[5:15, 5:15, 5:15] = 2  # a tumour: oedema ...
+    labels[8:12, 8:12, 8:12] = 1  # ... around a core
+    labels[17:20, 8:12, 8:12] = 2  # oedema 3 voxels beyond the tumour's edge (core 6 away)
+    labels[30:36, 20:26, 20:26] = 2  # a distant patch of "oedema" with no core
+    return labels
+
+
+def test_coreless_components_are_found_by_distance_to_the_core():
+    labels = _satellites()
+    touching = coreless_components(labels, (1, 1, 1), 0.0)
+    assert touching[30:36, 20:26, 20:26].all() and touching[17:20, 8:12, 8:12].all()
+    assert not touching[5:15, 5:15, 5:15].any()  # the component holding the core stays
+    near = coreless_components(labels, (1, 1, 1), 8.0)  # 6 mm from the core: kept
+    assert near[30:36, 20:26, 20:26].all() and not near[17:20, 8:12, 8:12].any()
+    # the margin is in mm on the grid's spacing: at 2 mm along x the satellite is 12 mm away
+    assert coreless_components(labels, (2, 1, 1), 8.0)[17:20, 8:12, 8:12].all()
+    no_core = np.where(labels > 0, 2, 0).astype(np.uint8)  # no core anywhere: nothing dropped
+    assert not coreless_components(no_core, (1, 1, 1), 0.0).any()
+
+
+def test_drop_coreless_wt_in_postprocess_and_off_by_default():
+    labels = _satellites()
+    default = postprocess_labels(labels, (1, 1, 1), PostprocessConfig(0, 0))
+    np.testing.assert_array_equal(default, labels)
+    cfg = PostprocessConfig(0, 0, drop_coreless_wt=True, core_margin_mm=8.0)
+    out = postprocess_labels(labels, (1, 1, 1), cfg)
+    assert (out[30:36, 20:26, 20:26] == 0).all()
+    np.testing.assert_array_equal(out[:25], labels[:25])  # the tumour and its near oedema
+    # a core removed as a speck first no longer anchors its oedema
+    speck = labels.copy()
+    speck[8:12, 8:12, 8:12] = 2
+    speck[10, 10, 10] = 1  # a 1-voxel core: demoted to oedema by the 6 mm³ threshold
+    cleaned = postprocess_labels(speck, (1, 1, 1), PostprocessConfig(6, 0, True, 8.0))
+    np.testing.assert_array_equal(cleaned, np.where(speck > 0, 2, 0))  # no core left: kept
+
+
+@pytest.mark.parametrize("kwargs", [{"min_component_mm3": -1}, {"et_min_mm3": float("nan")},
+                                    {"core_margin_mm": -2.0}, {"core_margin_mm": True},
+                                    {"drop_coreless_wt": 1.0}])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         PostprocessConfig(**kwargs)
@@ -96,7 +141,12 @@ def test_the_checkpoint_recommends_its_clean_up_and_options_override_it(tmp_path
     assert pred.postprocess == PostprocessConfig(250.0, 0.0)
     off = Predictor.from_path(tmp_path / "rec.pt", postprocess=None)  # the caller's choice wins
     assert off.postprocess is None
-    for bad in ({"min_component_mm3": -1}, {"speckles": 3}, [250]):
+    ck["postprocess"] = {"min_component_mm3": 250.0, "drop_coreless_wt": True,
+                         "core_margin_mm": 10.0}  # fmt: skip
+    torch.save(ck, tmp_path / "rec2.pt")
+    assert Predictor.from_path(tmp_path / "rec2.pt").postprocess == PostprocessConfig(
+        250.0, 0.0, True, 10.0)
+    for bad in ({"min_component_mm3": -1}, {"speckles": 3}, [250], {"drop_coreless_wt": 1}):
         ck["postprocess"] = bad
         torch.save(ck, tmp_path / "bad.pt")
         with pytest.raises(CheckpointError, match=r"bad\.pt: postprocess"):
@@ -133,4 +183,10 @@ def test_predict_cli_merges_options_with_the_recommendation(tmp_path, monkeypatc
     runner.invoke(app, ["predict", "-m", str(path), *files, "-o", str(tmp_path / "o1")])
     runner.invoke(app, ["predict", "-m", str(path), *files, "-o", str(tmp_path / "o2"),
                         "--et-min-mm3", "500"])  # fmt: skip
-    assert seen == [PostprocessConfig(250.0, 0.0), PostprocessConfig(250.0, 500.0)]
+    runner.invoke(app, ["predict", "-m", str(path), *files, "-o", str(tmp_path / "o3"),
+                        "--coreless-wt", "drop", "--core-margin-mm", "12"])  # fmt: skip
+    assert seen == [PostprocessConfig(250.0, 0.0), PostprocessConfig(250.0, 500.0),
+                    PostprocessConfig(250.0, 0.0, True, 12.0)]  # fmt: skip
+    bad = runner.invoke(app, ["predict", "-m", str(path), *files, "-o", str(tmp_path / "o4"),
+                              "--coreless-wt", "maybe"])  # fmt: skip
+    assert bad.exit_code != 0 and "keep or drop" in bad.output and len(seen) == 3

@@ -34,6 +34,17 @@ def test_shipped_model_verifies_and_loads() -> None:
     assert pre.resolve_model("runs/x.pt") == Path("runs/x.pt")
 
 
+def test_shipped_model_records_the_clean_up_it_was_evaluated_with() -> None:
+    """The model card's figures are for this post-processing (chosen on a decision set,
+    confirmed on the held-out sets); predict, the DICOM node and the API apply it."""
+    from transmed.inference.postprocess import PostprocessConfig
+    from transmed.inference.predictor import Predictor
+
+    pred = Predictor.from_path(pre.pretrained_path("generalist"))
+    assert pred.postprocess == PostprocessConfig(min_component_mm3=250.0, et_min_mm3=0.0,
+                                                 drop_coreless_wt=True, core_margin_mm=20.0)
+
+
 def test_tampered_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     copy = tmp_path / pre.PRETRAINED["generalist"].file
     shutil.copy(pre.pretrained_path("generalist"), copy)

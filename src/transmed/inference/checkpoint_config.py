@@ -109,6 +109,7 @@ def postprocess_from_checkpoint(
             f"{raw!r:.200}"
         )
     try:
-        return PostprocessConfig(**{k: float(v) for k, v in raw.items()})
+        return PostprocessConfig(**{k: v if isinstance(v, bool) else float(v)
+                                    for k, v in raw.items()})  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: postprocess: {exc}") from None

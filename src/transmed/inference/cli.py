@@ -79,6 +79,15 @@ def predict_cmd(
         None, "--et-min-mm3", min=0.0,
         help="ET → necrosis when all ET is below this (0 = off) [the model's, else 0].",
     ),  # fmt: skip
+    coreless_wt: str = typer.Option(
+        None, "--coreless-wt",
+        help="keep or drop tumour components with no core within --core-margin-mm, in a case "
+        "that has a core elsewhere [the model's recommendation, else keep].",
+    ),  # fmt: skip
+    core_margin: float = typer.Option(
+        None, "--core-margin-mm", min=0.0,
+        help="With --coreless-wt drop: how far oedema may lie from its core [the model's, else 0].",
+    ),  # fmt: skip
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = PyTorch default)."),
@@ -166,9 +175,14 @@ def _predict(**opts: object) -> None:
     )  # fmt: skip
     # the options given, else the checkpoint's recommendation, else PostprocessConfig's defaults
     base = predictor.postprocess or PostprocessConfig()
+    coreless = opts["coreless_wt"]
+    if coreless is not None and coreless not in ("keep", "drop"):
+        raise typer.BadParameter(f"--coreless-wt: expected keep or drop, got {coreless!r}")
     predictor.postprocess = PostprocessConfig(
         base.min_component_mm3 if opts["min_component"] is None else float(opts["min_component"]),
         base.et_min_mm3 if opts["et_min"] is None else float(opts["et_min"]),
+        base.drop_coreless_wt if coreless is None else coreless == "drop",
+        base.core_margin_mm if opts["core_margin"] is None else float(opts["core_margin"]),
     )  # fmt: skip
     load_s = time.perf_counter() - t0
     _clinical_options(predictor, opts)

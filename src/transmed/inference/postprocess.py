@@ -11,7 +11,13 @@ what nesting cannot: isolated specks, hierarchically, so the result stays nested
 3. ET components smaller than it → necrosis / non-enhancing core;
 4. optionally, when the whole ET volume is below ``et_min_mm3``, ET → necrosis (the BraTS
    post-processing of Isensee et al. 2021, which trades a false-positive ET in cases without
-   enhancement, scored 0 Dice by BraTS, for a missed tiny ET).
+   enhancement, scored 0 Dice by BraTS, for a missed tiny ET);
+5. optionally (``drop_coreless_wt``), WT components with no tumour core within
+   ``core_margin_mm`` → background, *when the map has a tumour core somewhere*. A glioma is a
+   core with oedema around it; a separate patch of "oedema" far from any core is, in this
+   model's failures, bright cortex, CSF or sinus (see the model card). A map with no core at
+   all is left alone: there the model may have missed the core of a small or low-grade tumour,
+   and dropping everything would erase it.
 
 scipy's ``ndimage.label`` does the connected components (26-connectivity, as in 3D lesion
 analysis; BraTS' lesion-wise evaluation uses it too).
@@ -37,20 +43,31 @@ class PostprocessConfig:
             demoted one level (WT → background, TC → oedema, ET → necrosis). 0 disables.
         et_min_mm3: if the total ET volume is below this (mm³), all ET becomes necrosis.
             0 disables (the default: it is a challenge-scoring trick, not a clinical default).
+        drop_coreless_wt: remove WT components with no tumour core within ``core_margin_mm``
+            (only in a map that has a core somewhere; see the module). Off by default.
+        core_margin_mm: how far (mm, Euclidean on the grid's spacing) a WT component may lie
+            from the nearest core voxel and still count as that core's oedema. 0: it must
+            contain core.
     """
 
     min_component_mm3: float = 20.0
     et_min_mm3: float = 0.0
+    drop_coreless_wt: bool = False
+    core_margin_mm: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("min_component_mm3", "et_min_mm3"):
+        for name in ("min_component_mm3", "et_min_mm3", "core_margin_mm"):
             value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                    or not np.isfinite(value) or value < 0:  # fmt: skip
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.drop_coreless_wt, (bool, np.bool_)):
+            raise ValueError(
+                f"drop_coreless_wt must be true or false, got {self.drop_coreless_wt!r}")
 
     @property
     def enabled(self) -> bool:
-        return self.min_component_mm3 > 0 or self.et_min_mm3 > 0
+        return self.min_component_mm3 > 0 or self.et_min_mm3 > 0 or bool(self.drop_coreless_wt)
 
 
 def small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
@@ -68,6 +85,27 @@ def small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     small = sizes < min_voxels
     small[0] = False  # background
     out[box] = small[components]
+    return out
+
+
+def coreless_components(labels: np.ndarray, spacing_mm: Sequence[float],
+                        margin_mm: float = 0.0) -> np.ndarray:
+    """Boolean mask of the 26-connected WT components of internal ``labels`` with no tumour
+    core (NCR or ET) within ``margin_mm``; empty when the map has no core at all."""
+    wt, core = labels > 0, (labels == 1) | (labels == 3)
+    out = np.zeros(labels.shape, dtype=bool)
+    if not core.any():
+        return out
+    components, n = ndimage.label(wt, structure=_STRUCTURE)
+    if margin_mm > 0:  # distance from each voxel to the nearest core voxel, in mm
+        near = ndimage.distance_transform_edt(~core, sampling=tuple(float(s) for s in spacing_mm))
+        near = near <= margin_mm
+    else:
+        near = core
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.unique(components[near & wt])] = True
+    keep[0] = True  # background
+    out[:] = ~keep[components]
     return out
 
 
@@ -96,4 +134,6 @@ def postprocess_labels(
     out[small_components(out == 3, min_voxels)] = 1  # ET specks → necrosis
     if config.et_min_mm3 > 0 and 0 < np.count_nonzero(out == 3) * voxel_mm3 < config.et_min_mm3:
         out[out == 3] = 1
+    if config.drop_coreless_wt:  # last: a core demoted to oedema above is no core any more
+        out[coreless_components(out, spacing, config.core_margin_mm)] = 0
     return out

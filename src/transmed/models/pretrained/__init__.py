@@ -34,9 +34,9 @@ class PretrainedModel:
 PRETRAINED: dict[str, PretrainedModel] = {
     "generalist": PretrainedModel(
         name="generalist",
-        file="generalist_v1_3.pt",
-        sha256="c6efe774dcbd3aac68e2fb2ac5e85d22a120e984b42729ff9e985ab89bfe03a7",
-        version="1.3",
+        file="generalist_v1_3_1.pt",
+        sha256="d727778f3629669edddf72bbe5fc2623f103a4fe7987e3d832385e2ac4843f37",
+        version="1.3.1",
         summary="transmed_a trained only on domain-randomised synthetic heads and brains "
         "(skull on or stripped, 1-7.5 mm slices, missing series); 1.5 mm working grid",
     ),
