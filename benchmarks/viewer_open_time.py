@@ -6,11 +6,11 @@ One synthetic case of 240 × 240 × 155 voxels, four int16 modalities and a labe
 ``.nii.gz`` (stored LPS, so the server reorients, as for BraTS files), is opened in headless
 chromium (Debian's ``/usr/bin/chromium``, software WebGL, driven by Playwright) right after
 the server starts, cold. Each run is a fresh process, server and browser; the current tree
-and the baseline (``git archive`` of ``--baseline-ref`` into a temporary folder) alternate,
-so both see the same machine load. Per run: seconds from navigation to the first render of
-T1ce + labels, the GPU's queued work included (read back), the page's own marks (case
-info, image shown, labels drawn), each request's server time, and, once the page's downloads
-settle, a switch to FLAIR. The machine's load average
+and the baseline (``git archive`` of ``--baseline-ref`` into a temporary folder) alternate
+(A B B A ...), so both see the same machine load. Per run: seconds from navigation to the
+first render of T1ce + labels, the GPU's queued work included (read back), the page's own
+marks (case info, image shown, labels drawn), each request's server time, and, once the
+page's downloads settle, a switch to FLAIR. The machine's load average
 is recorded with every run; writes ``benchmarks/results/viewer_open_time.{json,md}``.
 """
 
@@ -119,6 +119,12 @@ def one_run(case: Path) -> dict[str, Any]:
             " return e ? gl.getParameter(e.UNMASKED_RENDERER_WEBGL) : ''; })()"
         )
         page.wait_for_load_state("networkidle")  # a reviewer looks first; downloads settle
+        # ... all four images among them (a page may start the other three a moment later)
+        page.wait_for_function(
+            "performance.getEntriesByType('resource')"
+            ".filter((e) => /[/]image[/]\\w+[.]nii$/.test(e.name)).length >= 4",
+            timeout=600_000,
+        )
         t1 = time.perf_counter()
         page.locator("#modality").select_option("flair")
         page.wait_for_function("tm.state.modality === 'flair'", timeout=600_000)
@@ -211,7 +217,9 @@ def main() -> None:
             trees = {f"baseline {baseline}": _tree_at(args.baseline_ref, tmp), **trees}
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
         for i in range(args.runs):
-            for label, src in trees.items():
+            # ABBA order: a load that rises or falls during the runs weighs on both trees alike
+            order = list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]
+            for label, src in order:
                 runs[label].append(_child(src, case))
                 r = runs[label][-1]
                 print(f"run {i + 1} {label}: open {r['open_s']} s, flair {r['switch_to_flair_s']}"

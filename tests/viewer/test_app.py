@@ -363,3 +363,36 @@ def test_float_images_are_served_as_scaled_int16_with_their_window() -> None:
     inside = data[data != 0]
     assert np.percentile(inside, 1) < lo < np.percentile(inside, 5)  # NiiVue's 2-98 % window
     assert np.percentile(inside, 95) < hi < np.percentile(inside, 99)
+
+
+def test_the_page_names_the_case_it_opens(tmp_path, server_factory) -> None:
+    from transmed.viewer.app import index_page
+
+    make_case(tmp_path, "Case_001")
+    make_case(tmp_path, "Case_002")
+    named = server_factory(tmp_path, warm="Case_002")
+    status, page = _get(named, "/")
+    assert status == 200 and b'<meta name="transmed-case" content="Case_002">' in page
+    status, page = _get(server_factory(tmp_path), "/")  # no case named: the page asks the list
+    assert status == 200 and b'<meta name="transmed-case" content="">' in page
+    odd = index_page('x"><script>alert(1)</script>').decode()
+    assert "<script>alert" not in odd and 'content="x&quot;&gt;&lt;script&gt;' in odd
+
+
+@pytest.mark.parametrize(
+    ("dtype", "lo", "hi", "served"),
+    [(np.uint8, 0, 255, np.uint8), (np.int16, -1000, 3000, np.int16),
+     (np.int32, -20, 32000, np.int16), (np.uint16, 0, 60000, np.int16),
+     (np.float64, -3.0, 5.0, np.int16)],
+)  # fmt: skip
+def test_images_leave_as_uint8_or_int16_with_their_values(dtype, lo, hi, served) -> None:
+    """The page compiles NiiVue's orient shaders for uint8 and int16 images only."""
+    from transmed.viewer.volumes import display_nifti
+
+    rng = np.random.default_rng(2)
+    data = rng.uniform(lo, hi, (12, 10, 8)).astype(dtype)
+    data.flat[:2] = [lo, hi]
+    img = nib.Nifti1Image.from_bytes(display_nifti(data, np.eye(4)))
+    assert img.get_data_dtype() == served
+    step = (float(hi) - float(lo)) / 65534 if served != dtype else 0.0  # scaled: one level
+    assert np.abs(img.get_fdata() - data.astype(np.float64)).max() <= step / 2 + 1e-3 * step

@@ -122,14 +122,39 @@ def test_modalities_views_and_volumes(tmp_path, server_factory, browser) -> None
     assert page.evaluate("Array.from(tm.nv.drawBitmap).length") > 0
     drawing = _bitmap(page)
     first = _canvas(page)
+    page.wait_for_load_state("networkidle")  # the other modalities, fetched after the first frame
+    prefetched = sorted(page.evaluate("Object.keys(tm.state.prefetched)"))
+    assert prefetched == ["flair", "t1", "t1ce", "t2"]
+    # a modality switch draws the scene once, however many NiiVue steps ask for a redraw
+    page.evaluate("tm.draws = 0; const core = tm.nv.drawSceneCore.bind(tm.nv);"
+                  "tm.nv.drawSceneCore = () => { tm.draws++; return core(); }; 0")  # fmt: skip
     page.locator("#modality").select_option("flair")
     page.wait_for_function("tm.state.modality === 'flair'")
+    page.wait_for_timeout(300)  # a redraw the switch would still queue lands in here
+    assert page.evaluate("tm.draws") == 1
     assert page.evaluate("tm.nv.volumes[0].name").startswith("flair")
     assert np.array_equal(_bitmap(page), drawing)  # the drawing survives the switch
     assert np.abs(_canvas(page) - first).mean() > 0.005  # another image is shown
+    for mod in ("t1", "t2", "t1ce"):  # every modality can be shown
+        page.locator("#modality").select_option(mod)
+        page.wait_for_function(f"tm.state.modality === '{mod}'")
+        assert page.evaluate("tm.nv.volumes[0].name").startswith(mod)
+    assert page.evaluate("tm.state.error") is None
     # NiiVue's gradient passes are skipped (the open time's main cost on a software WebGL);
     # false here means NiiVue renamed what viewer.js swaps, and opening is slow again.
     assert page.evaluate("tm.state.gradientSkipped") is True
+    assert page.evaluate("tm.state.zeroUploadsSkipped") is True
+    # The shaders compiled as stubs are exactly the unused ones (an empty list: NiiVue's
+    # sources changed, and its start-up compiles every shader again).
+    stubbed = page.evaluate("tm.state.stubbedShaders")
+    assert len(stubbed) == 30 and {"renderGradientShader", "orientShaderF", "mesh:Phong"} <= set(
+        stubbed
+    )
+    in_use = page.evaluate("['renderShader', 'sliceMMShader', 'surfaceShader', 'orientShaderI',"
+                           " 'orientShaderU'].filter((k) => tm.state.stubbedShaders.includes(k)"
+                           " || Object.entries(tm.nv).some(([n, v]) => v === tm.nv[k]"
+                           " && tm.state.stubbedShaders.includes(n)))")  # fmt: skip
+    assert in_use == []
     page.locator('#views button[data-view="4"]').click()  # 3D render
     assert page.evaluate("tm.nv.opts.sliceType") == 4
     assert _canvas(page).std() > 0.02
@@ -139,6 +164,21 @@ def test_modalities_views_and_volumes(tmp_path, server_factory, browser) -> None
     assert page.evaluate("tm.state.volumes.ET") == pytest.approx((pred == 4).sum() * voxel_ml)
     assert page.evaluate("tm.state.volumes.WT") == pytest.approx((pred > 0).sum() * voxel_ml)
     assert "ml" in page.locator("#volumes").inner_text()
+
+
+def test_opens_the_case_the_server_names_unless_the_url_does(
+    tmp_path, server_factory, browser
+) -> None:
+    for cid in ("Case_001", "Case_002"):
+        make_case(tmp_path, cid)
+    server = server_factory(tmp_path, warm="Case_002")  # named in the page, fetched at once
+    page = open_viewer(browser, server)
+    assert page.evaluate("tm.state.caseId") == "Case_002"
+    assert page.evaluate("tm.state.error") is None
+    assert page.evaluate("tm.state.openMarks.info") < 50  # its info was there before NiiVue was
+    page = open_viewer(browser, server, case="Case_001")
+    assert page.evaluate("tm.state.caseId") == "Case_001" and page.evaluate("tm.state.ready")
+    assert page.locator("#cases li.on").inner_text() == "Case_001"
 
 
 def test_mismatched_label_is_reported_in_the_page(tmp_path, server_factory, browser) -> None:
@@ -189,7 +229,7 @@ def test_dicom_correction_gives_a_seg(tmp_path, synth_dicom, server_factory, bro
 def test_page_open_time_of_a_brats_sized_case(tmp_path, server_factory, browser, capsys) -> None:
     """240 × 240 × 155, four modalities: the open time is measured and printed, not asserted."""
     d, _ = make_case(tmp_path, "Big", (240, 240, 155), affine=np.diag([-1.0, -1, 1, 1]))
-    server = server_factory(d)
+    server = server_factory(d, warm="Big")  # as `transmed view` serves the case it opens
     t0 = time.perf_counter()
     page = open_viewer(browser, server, size=(1200, 900))
     page.evaluate(  # WebGL is asynchronous: read a pixel back so the queued work is done

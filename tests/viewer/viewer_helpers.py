@@ -118,9 +118,10 @@ def make_dicom_predict_output(root: Path, synth, *, storage: bool = False) -> Di
 
 
 class RunningServer:
-    """The viewer app served by uvicorn in a thread on a free loopback port."""
+    """The viewer app served by uvicorn in a thread on a free loopback port; ``warm``: the
+    case the server prepares and names in the page (as ``transmed view`` does)."""
 
-    def __init__(self, path: Path, **catalogue_kwargs) -> None:
+    def __init__(self, path: Path, *, warm: str | None = None, **catalogue_kwargs) -> None:
         import uvicorn
 
         from transmed.viewer.app import build_app
@@ -128,7 +129,8 @@ class RunningServer:
 
         self.token = "test-token-" + os.urandom(6).hex()
         self.catalogue = catalogue(path, **catalogue_kwargs)
-        self.app = build_app(self.catalogue, token=self.token, hosts=["127.0.0.1", "localhost"])
+        self.app = build_app(self.catalogue, token=self.token, hosts=["127.0.0.1", "localhost"],
+                             warm=warm)  # fmt: skip
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

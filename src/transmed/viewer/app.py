@@ -10,6 +10,7 @@ refuses paths leading out of it). The token arrives once in the printed URL's qu
 
 from __future__ import annotations
 
+import html
 import logging
 import secrets
 import threading
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,6 +47,24 @@ COOKIE = "transmed_view_token"
 CACHE_CASES = 2
 #: Images do not change while the server runs: the browser may reuse them, revalidating by ETag.
 IMAGE_CACHE = "private, max-age=3600"
+#: The page's placeholder for the case it opens first (filled in by :func:`index_page`).
+CASE_META = b'<meta name="transmed-case" content="">'
+
+
+def index_page(first_case: str | None) -> bytes:
+    """``index.html`` naming ``first_case``, so the page starts that case's downloads before
+    NiiVue attaches, without waiting for the case list (which would arrive only after).
+
+    Raises:
+        ValueError: the page lacks the placeholder (the static files are not this version's).
+    """
+    page = (STATIC / "index.html").read_bytes()
+    if CASE_META not in page:
+        raise ValueError(f"{STATIC / 'index.html'}: no {CASE_META.decode()} placeholder")
+    if not first_case:
+        return page
+    named = f'<meta name="transmed-case" content="{html.escape(first_case, quote=True)}">'
+    return page.replace(CASE_META, named.encode(), 1)
 
 
 class TokenMiddleware:
@@ -148,13 +167,15 @@ def _bytes(request: Request, item: Encoded, cache: str) -> Response:
 def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
               send_outbox: Any = None, warm: str | None = None) -> Starlette:  # fmt: skip
     """The ASGI app for ``cat``; ``hosts``: accepted Host headers (DNS-rebinding guard);
-    ``warm``: a case to prepare in the background from the start (the one the page opens)."""
+    ``warm``: a case to prepare in the background from the start, named in the page as the
+    one it opens (``?case=`` in the URL still wins)."""
     viewer = Viewer(cat, send_outbox=send_outbox)
+    page = index_page(warm)
     if warm is not None:
         threading.Thread(target=viewer.warm, args=(warm,), name="viewer-warm", daemon=True).start()
 
     async def index(request: Request) -> Response:
-        response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        response = HTMLResponse(page, headers={"Cache-Control": "no-store"})
         if request.query_params.get("token"):
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return response

@@ -290,6 +290,8 @@ def display_nifti(data: np.ndarray, affine: np.ndarray) -> bytes:
     z-scoring) becomes int16 with the header's scale slope and intercept: 65,535 levels over
     the image's range, half the bytes of float32, on a texture type NiiVue supports.
     ``cal_min``/``cal_max`` hold :func:`display_window`, which NiiVue then uses as is.
+    Only uint8 and int16 leave here: the page compiles NiiVue's orient shaders for those two
+    types alone (``UNUSED_SHADERS`` in ``static/viewer.js``).
     """
     arr = np.asarray(data)
     slope, inter = 1.0, 0.0

@@ -2,9 +2,59 @@
 // Every volume arrives on the prediction's grid in RAS voxel order (see viewer/volumes.py), so
 // NiiVue's drawing bitmap is the label map itself (internal labels 0-3, x fastest).
 // Opening a case costs one NiiVue volume load: the labels arrive as the raw bitmap, the draw
-// colours change without re-uploading the volume, and the other modalities download after the
-// first render (timings: benchmarks/viewer_open_time.py).
+// colours change without re-uploading the volume, the scene is drawn once, and the other
+// modalities download after the first render (timings: benchmarks/viewer_open_time.py).
 "use strict";
+async function api(path, opts) {
+  const r = await fetch(path, Object.assign({ credentials: "same-origin" }, opts || {}));
+  const ct = r.headers.get("content-type") || "";
+  const body = ct.includes("json") ? await r.json() : await r.text();
+  if (!r.ok) throw new Error(body.error || body || r.statusText);
+  return body;
+}
+
+const imageUrl = (id, mod) => `api/cases/${encodeURIComponent(id)}/image/${mod}.nii`;
+
+const firstModality = (info) => (info.modalities.includes("t1ce") ? "t1ce" : info.modalities[0]);
+
+const imageBlob = (id, mod) => fetch(imageUrl(id, mod)).then((r) => (r.ok ? r.blob() : null));
+
+// A case's downloads, started at once: its info, labels and first image. The image is asked
+// for as T1ce (the modality shown first whenever a case has one) without waiting for the
+// info: the info's answer would reach this page's thread only once NiiVue's start-up lets go
+// of it. Rejections are handled where awaited.
+function fetchCase(id) {
+  const info = api(`api/cases/${encodeURIComponent(id)}`);
+  const labels = fetch(`api/cases/${encodeURIComponent(id)}/labels.raw`).then(async (r) => {
+    if (!r.ok) throw new Error((await r.json()).error || r.statusText);
+    return new Uint8Array(await r.arrayBuffer());
+  });
+  const t1ce = imageBlob(id, "t1ce");
+  t1ce.catch(() => {});
+  const image = info.then((i) => (firstModality(i) === "t1ce" ? t1ce : imageBlob(id, firstModality(i))));
+  for (const p of [info, labels, image]) p.catch(() => {});
+  return { info, labels, image };
+}
+
+// The case the page opens: ?case=, else the one the server names in the page (the first
+// viewable case, which it prepares at start), else the case list's first viewable case. Its
+// downloads start here, before NiiVue attaches: attaching holds the page's thread while NiiVue
+// compiles its shaders, and the info, labels and first image arrive meanwhile instead of
+// after. (Started before NiiVue's 2 MB bundle had arrived, in an earlier script, they slowed
+// that bundle's delivery under load: measured, no faster overall.)
+const boot = (() => {
+  const listed = api("api/cases");
+  const named = new URLSearchParams(location.search).get("case")
+    || (document.querySelector('meta[name="transmed-case"]') || {}).content || "";
+  const early = named ? Promise.resolve({ id: named, pending: fetchCase(named) })
+    : listed.then((list) => {
+      const id = (list.cases.find((c) => !c.problem) || {}).id;
+      return id ? { id, pending: fetchCase(id) } : null;
+    });
+  for (const p of [listed, early]) p.catch(() => {});
+  return { listed, early };
+})();
+
 const $ = (id) => document.getElementById(id);
 const REGIONS = {
   regions: [["WT", [2, 1, 3], [0, 200, 0]], ["TC", [1, 3], [220, 0, 0]], ["ET", [3], [255, 220, 0]]],
@@ -51,12 +101,107 @@ function skipGradientPasses() {
   return true;
 }
 
-async function api(path, opts) {
-  const r = await fetch(path, Object.assign({ credentials: "same-origin" }, opts || {}));
-  const ct = r.headers.get("content-type") || "";
-  const body = ct.includes("json") ? await r.json() : await r.text();
-  if (!r.ok) throw new Error(body.error || body || r.statusText);
-  return body;
+// NiiVue compiles ~50 shader programs when it attaches, and on a software WebGL (ANGLE over
+// SwiftShader) each link also compiles the program's pipeline in the background: 3-4 s of CPU
+// on 2 cores, run while the case downloads and uploads (measured with a Chrome trace; the 3D
+// renderers are the four largest). The programs this page never draws with get a fragment
+// shader that compiles in no time:
+// - the gradient-lit and slice-mode 3D renderers (only NiiVue's illumination calls select them;
+//   this page shows the plain volume renderer, nv.renderShader, which is kept);
+// - the v1 slice shader (opts.isV1SliceShader, unset; the slices use nv.sliceMMShader);
+// - the gradient passes (replaced by skipGradientPasses anyway) and grow-cut (not a tool here);
+// - the orient shaders of float, atlas, RGBA and PAQD volumes (the server sends only uint8 or
+//   int16 images, see viewer/volumes.py display_nifti) and the mesh and fibre shaders (no
+//   meshes here).
+// Matched by the exact source (FNV-1a hash and length) of the vendored NiiVue 0.69.0; another
+// version's sources match nothing and are all compiled, as before.
+const UNUSED_SHADERS = {
+  "c3a2bc85:17062": "renderSliceShader", "aa40fa89:19867": "renderGradientShader",
+  "317c408e:18761": "renderGradientValuesShader", "2a1b1937:8792": "sliceV1Shader",
+  "452a3924:1491": "blurShader", "4ad29603:2790": "gradientPrePassShader",
+  "e0e6f3cb:1589": "sobelFirstOrderShader", "e0371f5f:1989": "sobelSecondOrderShader",
+  "15fa3007:1930": "growCutShader",
+  "6df64e66:2992": "orientShaderAtlasU", "2ee517a:2992": "orientShaderAtlasI",
+  "3be609db:3486": "orientShaderF", "197036f:1466": "orientShaderRGBU",
+  "16e46b85:1706": "orientShaderPAQD",
+  "a57626e3:162": "fiberShader", // not surfaceShader: it draws the 3D crosshair
+  "7ce7dc0:1177": "mesh:Crevice", "38f4527d:1793": "mesh:Crosscut", "fe4f098e:308": "mesh:Diffuse",
+  "e9435dc7:625": "mesh:Edge", "ebaa2bf7:688": "mesh:Flat", "9081839b:2246": "mesh:Harmonic",
+  "e842110:943": "mesh:Hemispheric", "99198807:319": "mesh:Matcap", "341f83dc:440": "mesh:Matte",
+  "38cb4478:800": "mesh:Outline", "536ad4d0:683": "mesh:Phong", "de2db72e:687": "mesh:Rim",
+  "4c4d2ec:452": "mesh:Silhouette", "e4af4be6:664": "mesh:Specular", "2f145099:1252": "mesh:Toon",
+};
+const STUB_FRAGMENT = "#version 300 es\nprecision lowp float;\nout vec4 c;\nvoid main() { c = vec4(0.0); }";
+
+function sourceKey(src) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < src.length; i++) { h ^= src.charCodeAt(i); h = Math.imul(h, 0x01000193) >>> 0; }
+  return `${h.toString(16)}:${src.length}`;
+}
+
+// NiiVue's shader programs by name (its fields, and "mesh:<name>" for its mesh shaders).
+function niivuePrograms() {
+  const out = {};
+  for (const k of Object.keys(nv)) {
+    if (nv[k] && nv[k].program instanceof WebGLProgram) out[k] = nv[k].program;
+  }
+  for (const m of nv.meshShaders || []) if (m.shader && m.shader.program) out[`mesh:${m.Name}`] = m.shader.program;
+  return out;
+}
+
+// Stubs UNUSED_SHADERS while `attach` runs; returns the names of the NiiVue shaders stubbed.
+// Throws if a stubbed program is not one of those named there (a shader the page may draw with).
+async function attachWithoutUnusedShaders(attach) {
+  const proto = window.WebGL2RenderingContext && WebGL2RenderingContext.prototype;
+  if (!proto) { await attach(); return []; }
+  const shaderSource = proto.shaderSource;
+  const stubbed = new Set(); // WebGLShader objects given the stub
+  proto.shaderSource = function (shader, src) {
+    if (typeof src === "string" && UNUSED_SHADERS[sourceKey(src)]) {
+      stubbed.add(shader);
+      return shaderSource.call(this, shader, STUB_FRAGMENT);
+    }
+    return shaderSource.call(this, shader, src);
+  };
+  try {
+    await attach();
+  } finally {
+    proto.shaderSource = shaderSource;
+  }
+  const gl = nv.gl;
+  const names = Object.entries(niivuePrograms())
+    .filter(([, p]) => (gl.getAttachedShaders(p) || []).some((s) => stubbed.has(s))).map(([k]) => k);
+  const expected = new Set(Object.values(UNUSED_SHADERS));
+  const wrong = names.filter((k) => !expected.has(k) || (nv[k] && nv[k] === nv.renderShader));
+  if (wrong.length) throw new Error(`internal: shaders in use were stubbed (${wrong.join(", ")})`);
+  return names.sort();
+}
+
+// WebGL gives every new texture zero contents, yet NiiVue uploads a zero array into some it
+// creates: a 240 x 240 x 155 RGBA scratch texture of its gradient pass on each background load
+// (36 MB through the browser's GPU transfer buffer: ~0.9 s of the open time on a software
+// WebGL, measured) and the drawing's texture. Its texture helpers get the flag dropped; NiiVue
+// creates a fresh texture in each, so what it reads is the same zeros.
+function skipZeroUploads() {
+  if (typeof nv.rgbaTex !== "function" || typeof nv.r8Tex !== "function") return false;
+  const rgbaTex = nv.rgbaTex, r8Tex = nv.r8Tex;
+  nv.rgbaTex = (tex, unit, dims) => rgbaTex.call(nv, tex, unit, dims, false);
+  nv.r8Tex = (tex, unit, dims) => r8Tex.call(nv, tex, unit, dims, false);
+  return true;
+}
+
+// NiiVue redraws the whole scene after each step of a volume load, a drawing refresh, an
+// opacity or tool change: five to six full draws while a case opened, 0.1-0.2 s each on a
+// software WebGL (measured), of which only the last is seen. NiiVue's own isBusy flag turns
+// each drawScene into "draw later"; one draw follows.
+async function oneDraw(work) {
+  nv.isBusy = true;
+  try {
+    return await work();
+  } finally {
+    nv.isBusy = false;
+    nv.drawScene();
+  }
 }
 
 function showError(msg) {
@@ -138,8 +283,6 @@ nv.onDrawingChanged = (action) => {
   updateVolumes();
 };
 
-const imageUrl = (id, mod) => `api/cases/${encodeURIComponent(id)}/image/${mod}.nii`;
-
 async function loadBackground(mod) {
   // Swapping the background volume resets NiiVue's drawing: keep the bitmap and its undo list.
   const keep = nv.drawBitmap ? nv.drawBitmap.slice() : null;
@@ -172,30 +315,35 @@ function setDrawing(bytes) {
   nv.refreshDrawing(false);
 }
 
+// Resolves once the GPU has run the commands queued so far (a WebGL fence, polled: the page's
+// thread stays free), or after `limitMs`.
+function gpuDone(limitMs = 10000) {
+  const gl = nv.gl;
+  const sync = gl && gl.fenceSync ? gl.fenceSync(gl.SYNC_GPU_COMMANDS_COMPLETE, 0) : null;
+  if (!sync) return Promise.resolve();
+  gl.flush();
+  const t0 = performance.now();
+  return new Promise((resolve) => {
+    const poll = () => {
+      if (gl.getSyncParameter(sync, gl.SYNC_STATUS) === gl.SIGNALED || performance.now() - t0 > limitMs) {
+        gl.deleteSync(sync);
+        resolve();
+      } else setTimeout(poll, 25);
+    };
+    poll();
+  });
+}
+
 // After the first render: the other modalities, one at a time, so a switch is a local load.
+// They start once the GPU has drawn the first frame: on a software WebGL the server's encoding
+// and the downloads would otherwise take the CPU from that frame.
 async function prefetchOthers(id, mods) {
   for (const mod of mods) {
     if (state.caseId !== id) return;
-    const p = fetch(imageUrl(id, mod)).then((r) => (r.ok ? r.blob() : null));
+    const p = imageBlob(id, mod);
     state.prefetched[mod] = p;
     try { await p; } catch (e) { delete state.prefetched[mod]; }
   }
-}
-
-const firstModality = (info) => (info.modalities.includes("t1ce") ? "t1ce" : info.modalities[0]);
-
-// A case's downloads, started at once: its info, labels and first image (the first case's
-// start while NiiVue is still compiling its shaders). Rejections are handled where awaited.
-function fetchCase(id) {
-  const info = api(`api/cases/${encodeURIComponent(id)}`);
-  const labels = fetch(`api/cases/${encodeURIComponent(id)}/labels.raw`).then(async (r) => {
-    if (!r.ok) throw new Error((await r.json()).error || r.statusText);
-    return new Uint8Array(await r.arrayBuffer());
-  });
-  const image = info.then((i) => fetch(imageUrl(id, firstModality(i))))
-    .then((r) => (r.ok ? r.blob() : null));
-  for (const p of [info, labels, image]) p.catch(() => {});
-  return { info, labels, image };
 }
 
 async function openCase(id, pending) {
@@ -222,16 +370,19 @@ async function openCase(id, pending) {
   const labels = got.labels;
   nv.drawBitmap = null;
   try {
-    await loadBackground(mod);
-    marks.image = performance.now() - t0;
-    setDrawing(await labels);
+    await oneDraw(async () => {
+      await loadBackground(mod);
+      marks.image = performance.now() - t0;
+      setDrawing(await labels);
+      marks.labels = performance.now() - t0;
+      applyColormap();
+      setTool(state.tool);
+      updateVolumes();
+    });
   } catch (e) {
     showError(e.message); return;
   }
-  marks.labels = performance.now() - t0;
-  applyColormap();
-  setTool(state.tool);
-  updateVolumes();
+  marks.drawn = performance.now() - t0;
   const prov = Object.assign({ prediction: info.prediction, label_values: info.label_convention,
     grid: `${info.shape.join("x")} @ ${info.spacing_mm.join("x")} mm`, saves_to: info.saved_to }, info.provenance);
   $("provenance").textContent = JSON.stringify(prov, null, 1);
@@ -241,9 +392,9 @@ async function openCase(id, pending) {
   state.ready = true;
   state.openMs = performance.now() - t0;
   state.sinceNavigationMs = performance.now(); // the page's clock starts at navigation
-  state.openMarks = marks; // ms since the click: case info, image shown, labels drawn
+  state.openMarks = marks; // ms since the click: case info, image loaded, labels set, drawn
   status(`${id} opened in ${(state.openMs / 1000).toFixed(2)} s`);
-  prefetchOthers(id, info.modalities.filter((m) => m !== mod));
+  gpuDone().then(() => prefetchOthers(id, info.modalities.filter((m) => m !== mod)));
 }
 
 // "Model: transmed_full (sha256 d1114c66585c) · TransMed 0.1.0", from the provenance JSON
@@ -298,22 +449,19 @@ async function send() {
 }
 
 async function main() {
-  const listed = api("api/cases"); // while NiiVue compiles its shaders
-  const early = listed.then((list) => {
-    const id = new URLSearchParams(location.search).get("case") || (list.cases.find((c) => !c.problem) || {}).id;
-    return id ? { id, pending: fetchCase(id) } : null;
-  });
-  early.catch(() => {});
-  await nv.attachTo("gl"); // its shaders exist once this resolves
+  const { listed, early } = boot; // started before NiiVue attached
+  state.stubbedShaders = await attachWithoutUnusedShaders(() => nv.attachTo("gl")); // shaders exist now
   state.bootMarks.attached = performance.now();
   state.gradientSkipped = skipGradientPasses();
+  state.zeroUploadsSkipped = skipZeroUploads();
   for (const b of document.querySelectorAll("#views button")) b.onclick = () => setView(+b.dataset.view);
   for (const b of document.querySelectorAll("#tools button")) b.onclick = () => setTool(b.dataset.tool);
   $("penLabel").onchange = () => setTool(state.tool);
   $("penSize").onchange = () => setTool(state.tool);
   $("overlayMode").onchange = () => { renderToggles(); applyColormap(); };
   $("opacity").oninput = applyColormap;
-  $("modality").onchange = (e) => loadBackground(e.target.value);
+  $("modality").onchange = (e) => oneDraw(() => loadBackground(e.target.value))
+    .catch((err) => showError(err.message));
   $("undo").onclick = undo; $("redo").onclick = redo; $("save").onclick = save; $("send").onclick = send;
   renderToggles();
   setView(0);
