@@ -18,6 +18,12 @@ _CONFIG = typer.Option(None, "--config", help="JSON/YAML federation config (trai
 _SERVER_LR = typer.Option(
     None, "--server-lr", help="Server step size η_g [1: plain FedAvg]; >1 scales the averaged "
     "move (it hurt with AdamW sites: docs/federated.md).")
+_STRATEGY = typer.Option(
+    None, "--strategy", help="fedavg, fedprox or fedadam (server Adam on the averaged move; "
+    "its η, τ, betas: server_eta etc. in --config).")
+_SERVER_ETA = typer.Option(
+    None, "--server-eta", help="FedAdam's server step η [1e-2], decayed with the federation's "
+    "schedule.")
 _EPS = typer.Option(None, "--dp-epsilon", help="DP-SGD target ε over all rounds (per site).")
 _DELTA = typer.Option(None, "--dp-delta", help="DP δ [1e-5]; must be below 1/cases.")
 _CLIP = typer.Option(None, "--dp-clip", help="Per-sample gradient clipping norm C [1.0].")
@@ -52,9 +58,10 @@ def simulate_cmd(
         None, "--site", help="NAME=DATA_DIR of a site (repeat); default: synthetic sites."),
     test_data: Path = typer.Option(None, "--test-data", help="Held-out set evaluated each round."),
     rounds: int = typer.Option(None, "--rounds", min=1),
-    strategy: str = typer.Option(None, "--strategy", help="fedavg or fedprox."),
+    strategy: str = _STRATEGY,
     mu: float = typer.Option(None, "--mu", help="FedProx proximal μ."),
     server_lr: float = _SERVER_LR,
+    server_eta: float = _SERVER_ETA,
     local_epochs: int = typer.Option(None, "--local-epochs", min=1),
     scale: int = typer.Option(1, "--site-scale", min=1, help="Synthetic sites: cases × scale."),
     seed: int = typer.Option(0, "--seed", help="Synthetic sites' seed."),
@@ -68,7 +75,7 @@ def simulate_cmd(
 
         dp = _dp(dp_epsilon, dp_delta, dp_clip, dp_noise)
         cfg = _load(config, rounds=rounds, strategy=strategy, proximal_mu=mu,
-                    server_lr=server_lr, local_epochs=local_epochs,
+                    server_lr=server_lr, server_eta=server_eta, local_epochs=local_epochs,
                     dp=dp.model_dump() if dp else None)  # fmt: skip
         sites: dict[str, Path] = {}
         for item in site or []:
@@ -104,8 +111,9 @@ def server_cmd(
     test_data: Path = typer.Option(None, "--test-data", help="Held-out set evaluated each round."),
     tls_dir: Path = typer.Option(None, "--tls-dir", help="ca.crt, server.pem, server.key."),
     rounds: int = typer.Option(None, "--rounds", min=1),
-    strategy: str = typer.Option(None, "--strategy", help="fedavg or fedprox."),
+    strategy: str = _STRATEGY,
     server_lr: float = _SERVER_LR,
+    server_eta: float = _SERVER_ETA,
     min_clients: int = typer.Option(None, "--min-clients", min=1),
 ) -> None:
     """The federation's server (Flower gRPC); sites join with `transmed federated client`."""
@@ -121,7 +129,7 @@ def server_cmd(
             typer.secho("warning: listening beyond loopback without --tls-dir: weights travel "
                         "unencrypted", err=True, fg=typer.colors.YELLOW)  # fmt: skip
         cfg = _load(config, rounds=rounds, strategy=strategy, server_lr=server_lr,
-                    min_clients=min_clients)
+                    server_eta=server_eta, min_clients=min_clients)
         state = serve(cfg, out, address, token, test_data, tls_dir)
         typer.echo(f"{state.rounds_done} rounds; global model: {state.ckpt}")
 

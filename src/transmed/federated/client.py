@@ -73,14 +73,23 @@ class SiteTrainer:
         dp: DP-SGD settings, or None.
         keep_optimizer_state: carry AdamW's state from one round to the next (in memory: a
             restarted site starts a fresh AdamW).
+        local_optimizer: ``"adamw"`` (the trainer's) or ``"sgd"`` (momentum ``local_momentum``;
+            needs the global schedule).
     """
 
     def __init__(self, data: Path, work_dir: Path, train: TrainConfig, *, rounds: int,
                  local_epochs: int = 1, dp: DPSettings | None = None, seed: int = 0,
                  device: str = "cpu", progress: bool = False,
                  keep_optimizer_state: bool = True,
-                 local_lr_schedule: str = "global") -> None:  # fmt: skip
+                 local_lr_schedule: str = "global", local_optimizer: str = "adamw",
+                 local_momentum: float = 0.9) -> None:  # fmt: skip
         from transmed.models import create_model
+
+        if local_optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"local optimizer {local_optimizer!r}: expected adamw or sgd")
+        if local_optimizer == "sgd" and local_lr_schedule != "global":
+            raise ValueError("local optimizer sgd needs the global learning-rate schedule")
+        self.local_optimizer, self.local_momentum = local_optimizer, float(local_momentum)
 
         self.keep_optimizer_state = keep_optimizer_state
         self.global_schedule = local_lr_schedule == "global"
@@ -203,6 +212,7 @@ class SiteTrainer:
             config, self.folder, run_dir, self.case_ids, self.model.state_dict(),
             proximal_mu=mu, dp=self.dp, lr_at=self.lr_at(cfg) if self.global_schedule else None,
             optimizer_state=self.optimizer_state, device=self.device, progress=self.progress,
+            local_optimizer=self.local_optimizer, local_momentum=self.local_momentum,
         )  # fmt: skip
         if self.keep_optimizer_state:
             self.optimizer_state = opt_state

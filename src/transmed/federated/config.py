@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from transmed.federated.privacy import DPSettings
 from transmed.training.config import (
@@ -45,8 +45,19 @@ class FederatedConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     rounds: int = Field(10, ge=1)
     local_epochs: int = Field(1, ge=1)  # trainer epochs per site per round
-    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0)  # FedProx μ (Li et al. 2020)
+    # FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2, with Adam's
+    # bias correction): the server treats Δ = weighted mean of the sites' weights − global as a
+    # pseudo-gradient and steps global += η · m̂ / (√v̂ + τ) on the trainable parameters
+    # (strategy.server_adam_step). The paper's grid for Adam-like sites: η 1e-2..1e-1, τ 1e-3.
+    server_eta: float = Field(1e-2, gt=0.0, le=1.0)  # η, the server step (weights' units)
+    server_tau: float = Field(1e-3, gt=0.0, le=1.0)  # τ: larger → less adaptive (FedAvgM-like)
+    server_beta1: float = Field(0.9, ge=0.0, lt=1.0)  # first-moment decay
+    server_beta2: float = Field(0.99, ge=0.0, lt=1.0)  # second-moment decay
+    # "global": η follows the federation's one schedule (η · round_lr(r) / peak lr, as the
+    # sites' rates do); "constant": the paper's fixed η
+    server_eta_schedule: Literal["global", "constant"] = "global"
     # server step size η_g (Reddi et al. 2021, "Adaptive Federated Optimization"; Flower's
     # FedAvgM server_learning_rate): global += η_g · (weighted mean of the sites' weights −
     # global), on the trainable parameters. 1 is plain FedAvg/FedProx. With K sites each
@@ -64,6 +75,28 @@ class FederatedConfig(BaseModel):
     # round is a fresh trainer schedule from round_lr decaying to 0 (the behaviour before
     # 2026-11-30, kept for the study's ablation)
     local_lr_schedule: Literal["global", "per_round"] = "global"
+    # the sites' optimizer: the trainer's AdamW, or SGD with heavy-ball momentum (train.lr is
+    # then SGD's rate; its momentum buffer carries over like AdamW's moments). Local SGD keeps
+    # the sites' steps in the gradient's own scale, so their mean is one SGD-like move
+    # (docs/federated.md: the AdamW-normalisation hypothesis)
+    local_optimizer: Literal["adamw", "sgd"] = "adamw"
+    local_momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD's momentum
+
+    @model_validator(mode="after")
+    def _one_server_step(self) -> FederatedConfig:
+        if self.strategy == "fedadam" and self.server_lr != 1.0:
+            raise ValueError(f"server_lr {self.server_lr} applies to fedavg/fedprox; FedAdam's "
+                             "server step size is server_eta")  # fmt: skip
+        if self.local_optimizer == "sgd" and self.local_lr_schedule != "global":
+            raise ValueError("local_optimizer sgd takes its rates from the federation's global "
+                             "schedule; set local_lr_schedule: global")  # fmt: skip
+        return self
+
+    def server_eta_at(self, server_round: int) -> float:
+        """FedAdam's η in ``server_round`` (1-based)."""
+        if self.server_eta_schedule == "constant":
+            return self.server_eta
+        return self.server_eta * self.round_lr(server_round) / self.train.lr
 
     def steps_per_round(self) -> int:
         return self.local_epochs * self.train.iters_per_epoch

@@ -7,9 +7,12 @@ the federated additions, none of which is a training loop of its own:
   federation's global schedule (``lr_at``), so a round continues the schedule where the last one
   stopped instead of decaying to ~0 within every round (the trainer's own per-run schedule
   would: with 4 local steps its poly decay averages 0.65 of the round's rate and ends at 0.29);
-- the optimizer state: AdamW's moments and step count are carried over from the site's previous
-  round (``optimizer_state``), instead of a fresh AdamW (bias-corrected, sign-like first steps)
-  every round. They stay at the site: only weights are sent;
+- the optimizer: the trainer's AdamW, or SGD with momentum (``local_optimizer="sgd"``, the same
+  parameters, rate and weight decay), whose steps keep the gradient's scale;
+- the optimizer state: AdamW's moments and step count (SGD's momentum buffer) are carried over
+  from the site's previous round (``optimizer_state``), instead of a fresh AdamW
+  (bias-corrected, sign-like first steps) every round. They stay at the site: only weights
+  are sent;
 - FedProx: an optimizer step pre-hook adds μ(w − w_global) to each gradient (after DP-SGD's
   clipping and noise: the proximal term uses no data, so it costs no privacy);
 - DP-SGD: the model is wrapped for per-sample gradients, the optimizer by Opacus's
@@ -62,11 +65,21 @@ class FederatedHooks:
         lr_at: learning rate of the run's local step ``j`` (0-based); it overrides the trainer's
             per-run schedule (the trainer's ``lr`` column then shows its own, unused, value).
         optimizer_state: the site's optimizer ``state_dict`` from its previous round.
+        local_optimizer: ``"adamw"`` keeps the trainer's optimizer; ``"sgd"`` replaces it by
+            ``torch.optim.SGD`` with ``momentum`` (needs ``lr_at``: the trainer's scheduler
+            drives the AdamW it built, not the replacement; PyTorch warns once per run that
+            this scheduler's optimizer never stepped).
     """
 
     def __init__(self, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0,
                  dp: DPTraining | None = None, *, lr_at: Callable[[int], float] | None = None,
-                 optimizer_state: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 optimizer_state: dict[str, Any] | None = None, local_optimizer: str = "adamw",
+                 momentum: float = 0.9) -> None:  # fmt: skip
+        if local_optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"local optimizer {local_optimizer!r}: expected adamw or sgd")
+        if local_optimizer == "sgd" and lr_at is None:
+            raise ValueError("local optimizer sgd needs lr_at (the federation's schedule)")
+        self.local_optimizer, self.momentum = local_optimizer, float(momentum)
         self.global_state = {k: v.detach().clone() for k, v in global_state.items()}
         self.mu = float(proximal_mu)
         self.dp = dp
@@ -76,6 +89,11 @@ class FederatedHooks:
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
              ) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module]:  # fmt: skip
+        if self.local_optimizer == "sgd":
+            group = optimizer.param_groups[0]
+            # the trainer's weight decay, as SGD's (coupled) L2 term
+            optimizer = torch.optim.SGD(model.parameters(), lr=group["lr"], momentum=self.momentum,
+                                        weight_decay=group["weight_decay"])  # fmt: skip
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
         if self.lr_at is not None:
@@ -126,6 +144,8 @@ def run_local_training(
     dp: DPTraining | None = None,
     lr_at: Callable[[int], float] | None = None,
     optimizer_state: dict[str, Any] | None = None,
+    local_optimizer: str = "adamw",
+    local_momentum: float = 0.9,
     device: str = "cpu",
     progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
@@ -139,7 +159,8 @@ def run_local_training(
     split = {"train": sorted(case_ids), "val": []}
     write_run_files(run_dir, config, split, preprocessed)
     hooks = FederatedHooks(global_state, proximal_mu, dp, lr_at=lr_at,
-                           optimizer_state=optimizer_state)  # fmt: skip
+                           optimizer_state=optimizer_state, local_optimizer=local_optimizer,
+                           momentum=local_momentum)  # fmt: skip
     trainer = Trainer(config, preprocessed, run_dir, split, device=device, progress=progress,
                       init_state=global_state, hooks=hooks)  # fmt: skip
     trainer.run()

@@ -78,7 +78,9 @@ def build_sites(config: FederatedConfig, site_data: dict[str, Path], work: Path,
             site = SiteTrainer(data, work / name, config.train, rounds=config.rounds,
                                local_epochs=config.local_epochs, dp=dp, seed=k + 1,
                                keep_optimizer_state=config.keep_optimizer_state,
-                               local_lr_schedule=config.local_lr_schedule)  # fmt: skip
+                               local_lr_schedule=config.local_lr_schedule,
+                               local_optimizer=config.local_optimizer,
+                               local_momentum=config.local_momentum)  # fmt: skip
         except (SiteDataError, PrivacyError) as exc:
             log.error("site %s leaves the federation: %s", name, exc)
             refused[name] = str(exc)
@@ -180,7 +182,9 @@ def join(config: FederatedConfig, data: Path, work: Path, address: str, token: s
     site = SiteTrainer(data, work, config.train, rounds=config.rounds,
                        local_epochs=config.local_epochs, dp=dp,
                        keep_optimizer_state=config.keep_optimizer_state,
-                       local_lr_schedule=config.local_lr_schedule)  # fmt: skip
+                       local_lr_schedule=config.local_lr_schedule,
+                       local_optimizer=config.local_optimizer,
+                       local_momentum=config.local_momentum)  # fmt: skip
     wait_for_server(address, max_wait_s)
     start_client(server_address=address, client=make_numpy_client(site, token).to_client(),
                  insecure=ca_cert is None, max_retries=max_retries, max_wait_time=max_wait_s,

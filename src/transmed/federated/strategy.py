@@ -1,7 +1,12 @@
-"""The server's strategy: Flower's FedAvg / FedProx, guarded, checkpointed and resumable.
+"""The server's strategy: Flower's FedAvg / FedProx / FedAdam, guarded, checkpointed, resumable.
 
 Flower does the sampling and the weighted averaging (``flwr.server.strategy.FedAvg``,
-``FedProx``). On top, each round:
+``FedProx``). FedAdam (Reddi et al. 2021) is Flower's FedAvg followed by
+:func:`server_adam_step`, whose state (m, v, step) lives in :class:`FederationState` and in
+the round's checkpoint. Flower's own ``FedAdam`` is not used: it keeps m, v and the weights in
+attributes it updates before the guards below can refuse a non-finite aggregate, it counts
+rounds from Flower's ``server_round`` (1 again after a resume) with bias correction at t + 1,
+and it moves buffers too. On top, each round:
 
 - the fit instructions carry the round's learning rate, the model fingerprint and config (a
   site with another model refuses), and a fresh nonce (a site with the token signs it);
@@ -12,7 +17,8 @@ Flower does the sampling and the weighted averaging (``flwr.server.strategy.FedA
   is left the global model is kept as it was;
 - the new global model is written atomically to ``OUT/checkpoints/global.pt`` (a complete
   TransMed checkpoint: ``transmed predict -m OUT/checkpoints/global.pt`` works), and the
-  round's record to ``OUT/rounds.json``; a restarted server resumes from them.
+  round's record to ``OUT/rounds.json``; a restarted server resumes from them (with FedAdam's
+  moments, so that a resumed federation equals an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class FederationState:
         self.trainable = [k in names for k in self.model.state_dict()]
         self.rounds_done = 0
         self.records: list[dict[str, Any]] = []
+        self.server_opt = ServerAdamState()  # FedAdam's moments (unused by FedAvg/FedProx)
 
     def resume(self) -> bool:
         """Load ``global.pt`` and ``rounds.json`` if present; True when resumed."""
@@ -82,6 +89,14 @@ class FederationState:
             )
         self.model.load_state_dict(ckpt["model"])
         self.rounds_done = int(ckpt.get("round", 0))
+        if self.config.strategy == "fedadam":
+            saved = ckpt.get("server_optimizer")
+            if saved is None and self.rounds_done > 0:
+                raise ConfigError(
+                    f"{self.ckpt}: {self.rounds_done} rounds were run without FedAdam (no server "
+                    "optimizer state); resume with their strategy or choose another --out")
+            if saved is not None:
+                self.server_opt = ServerAdamState.from_checkpoint(saved, self.ckpt)
         rec = self.out_dir / "rounds.json"
         if rec.is_file():
             done = self.rounds_done
@@ -101,6 +116,8 @@ class FederationState:
             # every site preprocesses with TransMed's defaults (load_site_data)
             "preprocess_config": asdict(PreprocessConfig()),
             "federation": self.config.model_dump(mode="json"), "round": server_round,
+            **({"server_optimizer": self.server_opt.to_checkpoint()}
+               if self.config.strategy == "fedadam" else {}),
         })  # fmt: skip
         atomic_write_text(self.out_dir / "rounds.json",
                           json.dumps(self.records, indent=1, default=_jsonable) + "\n")
@@ -126,6 +143,75 @@ def server_step(old: list[np.ndarray], mean: list[np.ndarray], trainable: list[b
             for o, m, t in zip(old, mean, trainable, strict=True)]  # fmt: skip
 
 
+class ServerAdamState:
+    """FedAdam's server state: the step count and the moments m, v (one array per weight)."""
+
+    def __init__(self, step: int = 0, m: list[np.ndarray] | None = None,
+                 v: list[np.ndarray] | None = None) -> None:  # fmt: skip
+        self.step, self.m, self.v = step, m, v
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        # tensors, not numpy arrays: torch.load(weights_only=True) reads them back
+        import torch
+
+        def tensors(xs: list[np.ndarray] | None) -> list[Any]:
+            return [torch.from_numpy(np.ascontiguousarray(x)) for x in xs or []]
+
+        return {"name": "fedadam", "step": self.step, "m": tensors(self.m), "v": tensors(self.v)}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any], path: Path) -> ServerAdamState:
+        """Raises: ValueError: not a FedAdam state, or m and v of different lengths."""
+        m = [t.numpy() for t in saved.get("m", [])]
+        v = [t.numpy() for t in saved.get("v", [])]
+        if saved.get("name") != "fedadam" or len(m) != len(v):
+            raise ValueError(f"{path}: the server optimizer state is not a FedAdam state")
+        step = int(saved.get("step", 0))
+        return cls(step, m or None, v or None) if step > 0 else cls()
+
+
+def server_adam_step(old: list[np.ndarray], mean: list[np.ndarray], trainable: list[bool],
+                     state: ServerAdamState, *, eta: float, tau: float, beta1: float,
+                     beta2: float) -> tuple[list[np.ndarray], ServerAdamState]:  # fmt: skip
+    """One FedAdam server update (Reddi et al. 2021, Algorithm 2; Kingma & Ba 2015's bias
+    correction, t = this update's 1-based count).
+
+    For each trainable array (shape kept): the pseudo-gradient Δ = mean − old,
+    m ← β1·m + (1 − β1)·Δ, v ← β2·v + (1 − β2)·Δ², and
+    new = old + η · m̂ / (√v̂ + τ) with m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t).
+    Buffers take the mean (their m, v stay 0). ``state`` is not modified: the new one is
+    returned, so that a refused aggregate leaves the books as they were.
+
+    Raises:
+        ValueError: lists of different lengths, or a state with other shapes.
+    """
+    if not (len(old) == len(mean) == len(trainable)):
+        raise ValueError(f"server step: {len(old)} global arrays, {len(mean)} averaged, "
+                         f"{len(trainable)} flags")  # fmt: skip
+    m0 = state.m if state.m is not None else [np.zeros_like(o) for o in old]
+    v0 = state.v if state.v is not None else [np.zeros_like(o) for o in old]
+    if [x.shape for x in m0] != [o.shape for o in old] or [x.shape for x in v0] != [
+            o.shape for o in old]:  # fmt: skip
+        raise ValueError("server step: the FedAdam state does not have the model's shapes")
+    t = state.step + 1
+    c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
+    new, m1, v1 = [], [], []
+    for o, a, mi, vi, tr in zip(old, mean, m0, v0, trainable, strict=True):
+        if not tr:
+            new.append(a)
+            m1.append(mi)
+            v1.append(vi)
+            continue
+        d = a - o  # pseudo-gradient, same shape as the array
+        mi = beta1 * mi + (1.0 - beta1) * d
+        vi = beta2 * vi + (1.0 - beta2) * d * d
+        step = eta * (mi / c1) / (np.sqrt(vi / c2) + tau)
+        new.append((o + step).astype(a.dtype, copy=False))
+        m1.append(mi.astype(a.dtype, copy=False))
+        v1.append(vi.astype(a.dtype, copy=False))
+    return new, ServerAdamState(t, m1, v1)
+
+
 def _reject_reason(res: Any, state: FederationState, nonce: str, token: str | None,
                    shapes: list[tuple[int, ...]]) -> str | None:  # fmt: skip
     m = res.metrics or {}
@@ -147,7 +233,8 @@ def _reject_reason(res: Any, state: FederationState, nonce: str, token: str | No
 def make_strategy(config: FederatedConfig, state: FederationState, *, token: str | None = None,
                   evaluate: EvalFn | None = None, min_clients: int | None = None,
                   ) -> Any:  # fmt: skip
-    """A Flower strategy (FedAvg or FedProx) with the guards and books described above."""
+    """A Flower strategy (FedAvg, FedProx, or FedAvg + :func:`server_adam_step` for FedAdam)
+    with the guards and books described above."""
     base = FedProx if config.strategy == "fedprox" else FedAvg
     offset = state.rounds_done
     n_min = min_clients or config.min_clients
@@ -214,13 +301,22 @@ def make_strategy(config: FederatedConfig, state: FederationState, *, token: str
                                          if k not in ("auth", "fingerprint")}
                                  for p, res in good},
             })  # fmt: skip
+            adam_state: ServerAdamState | None = None
             if not good:
                 log.warning("round %d: no usable update; the global model is kept", r)
                 params = ndarrays_to_parameters(get_weights(state.model))
                 metrics: dict[str, Any] = {}
             else:
                 params, metrics = super().aggregate_fit(server_round, good, [])
-                if config.server_lr != 1.0:
+                if config.strategy == "fedadam":
+                    adam_weights, adam_state = server_adam_step(
+                        get_weights(state.model), parameters_to_ndarrays(params),
+                        state.trainable, state.server_opt, eta=config.server_eta_at(r),
+                        tau=config.server_tau, beta1=config.server_beta1,
+                        beta2=config.server_beta2)  # fmt: skip
+                    params = ndarrays_to_parameters(adam_weights)
+                    self.record["server_eta"] = config.server_eta_at(r)
+                elif config.server_lr != 1.0:
                     params = ndarrays_to_parameters(server_step(
                         get_weights(state.model), parameters_to_ndarrays(params),
                         state.trainable, config.server_lr))  # fmt: skip
@@ -229,6 +325,8 @@ def make_strategy(config: FederatedConfig, state: FederationState, *, token: str
                 log.error("round %d: aggregate not finite; the global model is kept", r)
                 weights = get_weights(state.model)
                 params = ndarrays_to_parameters(weights)
+            elif adam_state is not None:  # the moments move with the model, never without it
+                state.server_opt = adam_state
             self.record["t_end"] = time.time()
             state.records.append(self.record)
             state.save(r, weights)
