@@ -144,22 +144,35 @@ def main() -> None:
     ap.add_argument("--n-tumour-free", type=int, default=0,
                     help="also N generated heads with no tumour (false WT/TC/ET volume)")
     ap.add_argument("--mode", default=None, help="force --mode whole|sliding")
+    ap.add_argument("--predict-args", action="append", default=[], metavar="NAME=ARGS",
+                    help="extra `transmed predict` arguments for model NAME, e.g. "
+                    "'v1_3_n4=--bias-correction n4' (repeatable)")
+    ap.add_argument("--generated-seed", type=int, default=2,
+                    help="label-map pool of the generated set (2: the test set; another seed "
+                    "gives a decision set that the test set never sees)")
+    ap.add_argument("--extra-seed", type=int, default=3,
+                    help="label-map pool of the without-ET and tumour-free sets")
     ap.add_argument("--keep", action="store_true",
                     help="reuse predictions and evaluations already in --work (resume)")
     args = ap.parse_args()
     models = dict(kv.split("=", 1) for kv in args.models.split(","))
+    extra_args = {k: v.split() for k, v in (kv.split("=", 1) for kv in args.predict_args)}
+    if set(extra_args) - set(models):
+        raise SystemExit(f"--predict-args names no model: {sorted(set(extra_args) - set(models))}")
     sets = {}
     if args.n_generated:
-        sets["generated"] = write_generated(args.work / "generated", args.n_generated)
+        sets["generated"] = write_generated(args.work / "generated", args.n_generated,
+                                            args.generated_seed)  # fmt: skip
     if args.n_cohort:
         sets["cohort"] = write_cohort(args.work / "cohort", args.n_cohort)
     if args.n_without_et:
         sets["without_et"] = write_generated_without_et(args.work / "without_et",
-                                                        args.n_without_et)  # fmt: skip
+                                                        args.n_without_et, args.extra_seed)
     if args.n_tumour_free:
         sets["tumour_free"] = write_generated_tumour_free(args.work / "tumour_free",
-                                                          args.n_tumour_free)  # fmt: skip
-    summary: dict = {"models": models, "sets": {}, "seconds": {}}
+                                                          args.n_tumour_free, args.extra_seed)
+    summary: dict = {"models": models, "predict_args": extra_args, "sets": {}, "seconds": {},
+                     "seeds": {"generated": args.generated_seed, "extra": args.extra_seed}}
     for set_name, ref in sets.items():
         summary["sets"][set_name] = {}
         evals = []
@@ -172,7 +185,8 @@ def main() -> None:
             secs = 0.0
             if not (args.keep and (pred / "predict_summary.json").is_file()):
                 secs = run(["predict", "-m", model, "-i", str(ref), "-o", str(pred), "--quiet",
-                            "--overwrite", *extra], allowed=(0, 1))  # fmt: skip
+                            "--overwrite", *extra, *extra_args.get(name, [])],
+                           allowed=(0, 1))  # fmt: skip
             if not (args.keep and ev.with_name(ev.name + ".json").is_file()):
                 run(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(ev),
                      "--no-lesionwise"], allowed=(0, 1))  # fmt: skip

@@ -166,6 +166,8 @@ def test_checkpoint_problems_are_clear_errors(dataset, tmp_path):
      ("preprocess_config", {"reference": "t3"}, "preprocess_config: reference must be one of"),
      ("preprocess_config", {"target_spacing": "2mm"}, "preprocess_config.target_spacing"),
      ("preprocess_config", ["t1ce"], "preprocess_config: expected a mapping"),
+     ("preprocess_config", {"bias_correction": "n3"},
+      "preprocess_config: bias_correction must be one of"),
      ("train_config", {"patch_size": [0, 64]}, "train_config.patch_size"),
      ("train_config", {"patch_size": [4, 4, 4]}, "train_config.patch_size"),
      ("train_config", "fast", "train_config: expected a mapping")],

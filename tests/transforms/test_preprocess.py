@@ -215,6 +215,7 @@ def test_record_survives_json() -> None:
         {"foreground": "skull"},
         {"label_interpolation": "cubic"},
         {"coregistration": "deformable"},
+        {"bias_correction": "n3"},
     ],
 )
 def test_bad_config_is_refused(kwargs) -> None:
@@ -340,3 +341,53 @@ def test_nonzero_mask_fills_holes_like_the_whole_volume_fill():
     got = nonzero_mask(images)
     np.testing.assert_array_equal(got, expected)
     assert got[10, 10, 10] and not got[25, 2, 20]
+
+
+def test_n4_bias_correction_flattens_a_smooth_field_before_the_zscore() -> None:
+    """A sphere of one tissue under a strong smooth multiplicative field (×0.6 to ×1.6 along
+    x): with ``bias_correction="n4"`` the z-scored image is flat again, and the provenance
+    records the field N4 found; ``"off"`` leaves the gradient."""
+    shape = (64, 60, 52)  # N4 fits on a 3× shrunk copy: big enough to hold a field
+    affine = _affine((1.5, 1.5, 1.5))
+    mask = _sphere(shape, 0.45)
+    images = _images(shape, affine, mask=mask)
+    x = np.linspace(-1.0, 1.0, shape[0])[:, None, None]
+    field = np.exp(0.5 * x).astype(np.float32)  # smooth, 0.61..1.65
+    rng = np.random.default_rng(3)
+    for m in MODALITIES:  # one tissue, 5 % noise, times the field
+        images[m] = Volume(((100.0 + rng.normal(0, 5, shape)) * field * mask).astype(np.float32),
+                           affine)  # fmt: skip
+
+    def gradient(case) -> float:  # mean of the left third minus mean of the right third
+        crop = tuple(slice(a, b) for a, b in case.record.crop_box)
+        inside, img = mask[crop], case.image[3]
+        third = img.shape[0] // 3
+        return float(img[:third][inside[:third]].mean() - img[-third:][inside[-third:]].mean())
+
+    off = preprocess_case(images, None, PreprocessConfig(margin_mm=0))
+    on = preprocess_case(images, None, PreprocessConfig(margin_mm=0, bias_correction="n4"))
+    assert gradient(off) < -1.5  # left dark, right bright: z-scores far apart
+    assert abs(gradient(on)) < 0.25 * abs(gradient(off)), (gradient(on), gradient(off))
+    rec = on.record.extra["bias_correction"]
+    assert rec["mode"] == "n4" and set(rec["field_range"]) == set(MODALITIES)
+    assert rec["field_range"]["flair"]["field_max"] / rec["field_range"]["flair"]["field_min"] > 1.5
+    assert "bias_correction" not in off.record.extra
+    assert on.record.extra["seconds"]["bias_correction"] > 0
+
+
+def test_n4_refuses_bad_input() -> None:
+    from transmed.transforms.bias_field import n4_correct
+
+    vol, mask = np.ones((8, 8, 8), np.float32), np.ones((8, 8, 8), bool)
+    with pytest.raises(ValueError, match="same 3D shape"):
+        n4_correct(vol, mask[:4], (1, 1, 1))
+    with pytest.raises(ValueError, match="empty mask"):
+        n4_correct(vol, np.zeros_like(mask), (1, 1, 1))
+    bad = vol.copy()
+    bad[2, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        n4_correct(bad, mask, (1, 1, 1))
+    with pytest.raises(ValueError, match="shrink"):
+        n4_correct(vol, mask, (1, 1, 1), shrink=0)
+    same, info = n4_correct(vol * 5, mask, (1, 1, 1))  # constant: nothing to correct
+    assert np.array_equal(same, vol * 5) and info == {"field_min": 1.0, "field_max": 1.0}

@@ -114,6 +114,10 @@ def predict_cmd(
         "checkpoint", "--coregistration",
         help="auto (register a series when the evidence says so), header, rigid [the model's].",
     ),  # fmt: skip
+    bias_correction: str = typer.Option(
+        "checkpoint", "--bias-correction",
+        help="n4 (N4 bias-field correction of each series in the brain mask) or off [the model's].",
+    ),  # fmt: skip
     force: bool = typer.Option(
         False, "--force", help="Predict despite an implausible brain mask (marked in provenance)."
     ),
@@ -278,15 +282,20 @@ def _predict_dicom(predictor, folder, output: Path, opts: dict, say) -> None:  #
 
 
 def _clinical_options(predictor, opts: dict) -> None:  # type: ignore[no-untyped-def]
-    """``--brain-extraction``, ``--coregistration`` (``checkpoint``: keep the model's own) and
-    ``--force`` onto the predictor's preprocessing."""
+    """``--brain-extraction``, ``--coregistration``, ``--bias-correction`` (``checkpoint``: keep
+    the model's own) and ``--force`` onto the predictor's preprocessing."""
     import dataclasses
 
-    from transmed.transforms.preprocess import BRAIN_EXTRACTION_CHOICES, COREGISTRATION_CHOICES
+    from transmed.transforms.preprocess import (
+        BIAS_CORRECTION_CHOICES,
+        BRAIN_EXTRACTION_CHOICES,
+        COREGISTRATION_CHOICES,
+    )
 
     change = {}
     for key, flag, choices in (("brain_extraction", "--brain-extraction", BRAIN_EXTRACTION_CHOICES),
-                               ("coregistration", "--coregistration", COREGISTRATION_CHOICES)):
+                               ("coregistration", "--coregistration", COREGISTRATION_CHOICES),
+                               ("bias_correction", "--bias-correction", BIAS_CORRECTION_CHOICES)):
         value = str(opts.get(key) or "checkpoint")
         if value not in (*choices, "checkpoint"):
             raise ValueError(f"{flag} {value!r}: expected one of {(*choices, 'checkpoint')}")
