@@ -243,3 +243,36 @@ def test_no_tumour_outside_the_mask_preprocessing_used() -> None:
     assert labels[inside].min() == 3 and labels[~inside].max() == 0
     p.inside_mask = False  # the raw network output: tumour in the zeros too
     assert p.predict_prepared(prepared).labels[~inside].min() == 3
+
+
+def test_two_pass_bias_correction_runs_the_network_twice_and_records_it(tiny_checkpoint,
+                                                                         monkeypatch):  # fmt: skip
+    """``bias_correction="n4_two_pass"``: preprocessing unchanged, then the network on the
+    image, N4 fitted without the first pass's tumour, the network again on the new image."""
+    import dataclasses
+
+    from transmed.transforms import bias_field
+
+    p = Predictor.from_path(tiny_checkpoint)
+    p.preprocess = dataclasses.replace(p.preprocess, bias_correction="n4_two_pass")
+    seen, calls = [], []
+    real = bias_field.renormalise_without
+
+    def spy(image, mask, mean, std, exclude, spacing):
+        calls.append((image.copy(), exclude.copy()))
+        return real(image, mask, mean, std, exclude, spacing)
+
+    monkeypatch.setattr(bias_field, "renormalise_without", spy)
+    monkeypatch.setattr(p, "_probabilities", lambda img, w: seen.append(img.copy()) or
+                        np.full((3, *img.shape[1:]), 0.2, np.float32))  # fmt: skip
+    volumes = _volumes((40, 42, 38))
+    result = p.predict_case(volumes, "c")
+    assert len(seen) == 2 and len(calls) == 1
+    np.testing.assert_array_equal(seen[0], calls[0][0])  # pass 1 sees the preprocessed image
+    assert not calls[0][1].any()  # nothing found (p 0.2): nothing left out of the fit
+    assert not np.array_equal(seen[0], seen[1])  # pass 2: the re-normalised image
+    rec = result.record.extra["bias_correction"]
+    assert rec["mode"] == "n4_two_pass" and set(rec["field_range"]) == {"t1", "t1ce", "t2",
+                                                                         "flair"}  # fmt: skip
+    plain = Predictor.from_path(tiny_checkpoint)
+    assert "bias_correction" not in plain.predict_case(volumes, "c").record.extra

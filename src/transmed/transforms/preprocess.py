@@ -95,7 +95,9 @@ class PreprocessConfig:
             was trained with modality dropout; the reference series stays required);
             ``"error"``: a missing series is an error naming what is missing.
         bias_correction: ``"n4"`` divides each series by its N4 bias field, fitted inside the
-            foreground mask, before z-scoring; ``"off"`` (the default) does not.
+            foreground mask, before z-scoring; ``"n4_two_pass"`` leaves preprocessing as it
+            is and has the predictor fit the field without the tumour of a first pass (see
+            :mod:`transmed.transforms.bias_field`); ``"off"`` (the default) does neither.
     """
 
     target_spacing: tuple[float, float, float] | None = None
@@ -494,7 +496,7 @@ def preprocess_case(
         stds.append(std)
     del channels, used
     seconds["resample_normalise"] = time.perf_counter() - t0 - seconds.get("bias_correction", 0.0)
-    if config.bias_correction != "off":
+    if config.bias_correction == "n4":  # "n4_two_pass": the predictor's, after a first pass
         extra["bias_correction"] = {"mode": config.bias_correction, "field_range": fields}
     extra["input_profile"] = _input_profile(vols, ref_name, mask, target, means, stds)
     warnings.extend(input_warnings(extra["input_profile"], brain is not None))
