@@ -13,7 +13,8 @@ voxels:
 - ``n4``: each series un-z-scored, divided by N4's field fitted in the whole brain mask,
   z-scored again (what ``--bias-correction n4`` does, up to where the z-score mask is taken);
 - ``two-pass``: the same, with the field fitted in the brain mask *minus pass 1's WT dilated by
-  3 voxels*, so that a tumour the model found is not taken for bias.
+  ``--dilate`` voxels* (3, as ``predict`` does), so that a tumour the model found is not taken
+  for bias.
 
 Volumes are the thresholded, nested labels before any clean-up (ml).
 """
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("cases", type=Path, nargs="+")
     ap.add_argument("--model", default="generalist")
     ap.add_argument("--out", type=Path, required=True, help="results stem (.json and .md)")
+    ap.add_argument("--dilate", type=int, default=3,
+                    help="voxels by which pass 1's WT is grown before it is left out of the fit")
     args = ap.parse_args()
     import torch
     from scipy import ndimage
@@ -77,7 +80,7 @@ def main() -> None:
         first = regions_to_labels(pred.probabilities(img) > 0.5)
         one = regions_to_labels(pred.probabilities(renormalise(img, rec, brain, brain,
                                                                spacing)) > 0.5)  # fmt: skip
-        fit = brain & ~ndimage.binary_dilation(first > 0, iterations=3)
+        fit = brain & ~ndimage.binary_dilation(first > 0, iterations=args.dilate)
         two = regions_to_labels(pred.probabilities(renormalise(img, rec, brain, fit,
                                                                spacing)) > 0.5)  # fmt: skip
         row = {"case": folder.name, "off": volumes(first, spacing), "n4": volumes(one, spacing),
@@ -88,6 +91,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
     md = ["# N4 in one and two passes: predicted WT / TC / ET (ml, network grid, no clean-up)",
+          "", f"Two-pass exclusion: pass 1's WT dilated by {args.dilate} voxels.",
           "", "| case | off | n4 (one pass) | two-pass |", "|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['case']} | " + " | ".join(" / ".join(f"{v:.1f}" for v in r[k])
