@@ -45,7 +45,7 @@ def main() -> None:
     from transmed.io.atomic import atomic_write_text
     from transmed.io.nifti import load_volume
     from transmed.models.pretrained import resolve_model
-    from transmed.transforms.bias_field import n4_correct
+    from transmed.transforms.bias_field import renormalise_without
 
     torch.set_num_threads(2)
     pred = Predictor.from_path(resolve_model(args.model))
@@ -56,18 +56,6 @@ def main() -> None:
         return [round(float(m.sum()) * v, 2) for m in
                 (labels > 0, (labels == 1) | (labels == 3), labels == 3)]  # fmt: skip
 
-    def renormalise(img: np.ndarray, record, brain: np.ndarray, fit: np.ndarray,
-                    spacing: np.ndarray) -> np.ndarray:  # fmt: skip
-        out = np.zeros_like(img)
-        for c in range(img.shape[0]):
-            if not img[c].any():  # a missing series stays zero
-                continue
-            raw = img[c] * record.intensity_std[c] + record.intensity_mean[c]
-            corr, _ = n4_correct(raw, fit, spacing)
-            vals = corr[brain]
-            out[c] = np.where(brain, (corr - vals.mean()) / max(float(vals.std()), 1e-6), 0.0)
-        return out
-
     rows = []
     for folder in args.cases:
         t0 = time.perf_counter()
@@ -75,14 +63,15 @@ def main() -> None:
                           if any(k in p.name for k in keys)), None) for m, keys in names.items()}
         case = pred.prepare({m: load_volume(p) for m, p in files.items() if p}, folder.name)
         img, rec = case.image, case.record
-        spacing = np.abs(np.diag(np.asarray(rec.resampled_affine)[:3, :3]))
+        spacing = rec.spacing
         brain = np.any(img != 0, axis=0)
         first = regions_to_labels(pred.probabilities(img) > 0.5)
-        one = regions_to_labels(pred.probabilities(renormalise(img, rec, brain, brain,
-                                                               spacing)) > 0.5)  # fmt: skip
-        fit = brain & ~ndimage.binary_dilation(first > 0, iterations=args.dilate)
-        two = regions_to_labels(pred.probabilities(renormalise(img, rec, brain, fit,
-                                                               spacing)) > 0.5)  # fmt: skip
+        nothing = np.zeros_like(brain)  # one pass: the field fitted in the whole brain
+        # two passes: without pass 1's tumour, as `predict --bias-correction n4_two_pass` does
+        tumour = ndimage.binary_dilation(first > 0, iterations=args.dilate)
+        one, two = (regions_to_labels(pred.probabilities(renormalise_without(
+            img, brain, rec.intensity_mean, rec.intensity_std, out, spacing)[0]) > 0.5)
+            for out in (nothing, tumour))  # fmt: skip
         row = {"case": folder.name, "off": volumes(first, spacing), "n4": volumes(one, spacing),
                "two_pass": volumes(two, spacing),
                "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip

@@ -359,9 +359,8 @@ class Predictor:
         record = prepared.record
         mask = prepared.mask if prepared.mask is not None else np.any(prepared.image != 0, 0)
         tumour = ndimage.binary_dilation(probs[0] > self.threshold, iterations=3)
-        spacing = np.abs(np.diag(np.asarray(record.resampled_affine, dtype=np.float64)[:3, :3]))
         image, info = renormalise_without(prepared.image, mask, record.intensity_mean,
-                                          record.intensity_std, tumour, spacing)  # fmt: skip
+                                          record.intensity_std, tumour, record.spacing)
         names = list(record.modalities)
         info["field_range"] = {names[c] if c < len(names) else str(c): v
                                for c, v in info["field_range"].items()}  # fmt: skip
