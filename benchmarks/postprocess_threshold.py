@@ -92,6 +92,9 @@ def main() -> None:
                     help="off and/or core margins in mm, e.g. off,0,10")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/generalist"))
     ap.add_argument("--name", default="postprocess_threshold", help="results file stem")
+    ap.add_argument("--tta", choices=["off", "lr", "both"], default="off",
+                    help="lr: score left-right mirroring TTA instead of one pass; both: score "
+                         "each model with and without it (as NAME and NAME+lr)")
     ap.add_argument("--write-cases", type=Path, help="write a decision set here and stop")
     ap.add_argument("--pool-seed", type=int, default=5)
     ap.add_argument("--n-tumour", type=int, default=24)
@@ -121,12 +124,13 @@ def main() -> None:
     paths = sorted(p for d in args.cases for p in d.glob("*.npz"))
     out: dict = {"cases": [str(p) for p in paths], "models": {}, "scores": {}, "selected": {},
                  "tumour_free": [], "without_et": []}  # fmt: skip
+    variants = {"off": [False], "lr": [True], "both": [False, True]}[args.tta]
     for name, src in (kv.split("=", 1) for kv in args.models.split(",")):
         path = resolve_model(src) if not Path(src).exists() else Path(src)
-        out["models"][name] = str(path)
         model = load_model(path).eval()
-        scores: dict[str, dict[str, list[float]]] = {}
-        false_et: dict[str, int] = {}
+        names = {tta: f"{name}+lr" if tta and args.tta == "both" else name for tta in variants}
+        scores = {tta: {} for tta in variants}
+        false_et: dict[bool, dict[str, int]] = {tta: {} for tta in variants}
         for p in paths:
             image, label = load_arrays(p)
             ref = labels_to_regions(label)
@@ -135,23 +139,35 @@ def main() -> None:
             if not ref[2].any() and p.stem not in out["without_et"]:
                 out["without_et"].append(p.stem)
             with torch.no_grad():
-                probs = predict_probabilities(model, image, roi_size=(64, 64, 64), overlap=0.5,
+                # the plain pass and the left-right mirrored pass (the RAS grid's first axis,
+                # the only mirroring the generalist saw in training); TTA averages them
+                plain = predict_probabilities(model, image, roi_size=(64, 64, 64), overlap=0.5,
                                               precision="fp32")  # fmt: skip
-            labels = regions_to_labels(probs)
-            for mc in mcs:
-                for et in ets:
-                    for margin in margins:
-                        cfg = PostprocessConfig(mc, et, margin is not None, margin or 0.0)
-                        reg = labels_to_regions(postprocess_labels(labels, (1.5,) * 3, cfg))
-                        key = _key(mc, et, margin)
-                        scores.setdefault(key, {})[p.stem] = [
-                            float(dice(reg[i], ref[i])) for i in range(3)]
-                        if not ref[2].any() and reg[2].any():
-                            false_et[key] = false_et.get(key, 0) + 1
+                mirrored = None
+                if True in variants:
+                    flipped = np.ascontiguousarray(np.flip(image, axis=1))
+                    mirrored = np.flip(predict_probabilities(
+                        model, flipped, roi_size=(64, 64, 64), overlap=0.5, precision="fp32"),
+                        axis=1)  # fmt: skip
+            for tta in variants:
+                probs = (plain + mirrored) / 2 if tta else plain
+                labels = regions_to_labels(probs)
+                for mc in mcs:
+                    for et in ets:
+                        for margin in margins:
+                            cfg = PostprocessConfig(mc, et, margin is not None, margin or 0.0)
+                            reg = labels_to_regions(postprocess_labels(labels, (1.5,) * 3, cfg))
+                            key = _key(mc, et, margin)
+                            scores[tta].setdefault(key, {})[p.stem] = [
+                                float(dice(reg[i], ref[i])) for i in range(3)]
+                            if not ref[2].any() and reg[2].any():
+                                false_et[tta][key] = false_et[tta].get(key, 0) + 1
             print(name, p.stem, flush=True)
-        out["scores"][name] = scores
-        out.setdefault("false_et_cases", {})[name] = false_et
-        out["selected"][name] = select(scores)
+        for tta in variants:
+            out["models"][names[tta]] = str(path) + (" (left-right mirroring TTA)" if tta else "")
+            out["scores"][names[tta]] = scores[tta]
+            out.setdefault("false_et_cases", {})[names[tta]] = false_et[tta]
+            out["selected"][names[tta]] = select(scores[tta])
     free = set(out["tumour_free"])
     rows = ["| model | min component mm³ / ET min mm³ / coreless WT margin mm | WT | TC | ET "
             "| mean | mean, tumour | mean, tumour-free | cases with false ET |",

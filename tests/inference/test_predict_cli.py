@@ -412,3 +412,29 @@ def test_a_summary_that_cannot_be_written_is_one_line(
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "No space left on device" in result.output
+
+
+def test_tta_options_and_the_checkpoints_recommended_mirroring(dataset, tiny_checkpoint, tmp_path):
+    from transmed.models.checkpoint import load_checkpoint, save_checkpoint
+
+    root, (cid,) = dataset("brats2021", 1)
+    lr_ckpt = save_checkpoint(tmp_path / "lr.pt", {**load_checkpoint(tiny_checkpoint),
+                                                   "tta_axes": [0]})  # fmt: skip
+
+    def tta(ckpt, *opts):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        result = predict("-m", ckpt, "-i", root / cid, "-o", out, *opts, "-q")
+        assert result.exit_code == 0, result.output
+        (prov,) = out.glob("*.provenance.json")
+        return json.loads(prov.read_text())["inference"]["tta"]
+
+    assert tta(tiny_checkpoint) is False  # nothing recorded, nothing asked
+    assert tta(tiny_checkpoint, "--tta") == [0, 1, 2]  # --tta alone: every axis
+    assert tta(tiny_checkpoint, "--tta-axes", "lr") == [0]
+    assert tta(lr_ckpt) == [0]  # the model's recommendation
+    assert tta(lr_ckpt, "--tta") == [0]
+    assert tta(lr_ckpt, "--tta-axes", "all") == [0, 1, 2]
+    assert tta(lr_ckpt, "--no-tta") is False
+    for bad in (["--tta-axes", "xy"], ["--no-tta", "--tta-axes", "lr"]):
+        result = predict("-m", tiny_checkpoint, "-i", root / cid, "-o", tmp_path / "bad", *bad)
+        assert result.exit_code != 0 and "--tta-axes" in result.output

@@ -276,3 +276,26 @@ def test_two_pass_bias_correction_runs_the_network_twice_and_records_it(tiny_che
                                                                          "flair"}  # fmt: skip
     plain = Predictor.from_path(tiny_checkpoint)
     assert "bias_correction" not in plain.predict_case(volumes, "c").record.extra
+
+
+def test_test_time_mirroring_is_a_recorded_recommendation_of_the_checkpoint(tmp_path,
+                                                                            tiny_checkpoint):
+    from transmed.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert Predictor.from_path(tiny_checkpoint).mirror == ()  # none recorded: none
+    lr = save_checkpoint(tmp_path / "lr.pt", {**ckpt, "tta_axes": [0]})
+    p = Predictor.from_path(lr)
+    assert p.mirror == (0,)
+    result = p.predict_case(_volumes(), "c", keep_probabilities=True)
+    assert p.provenance(result, [])["inference"]["tta"] == [0]
+    off = Predictor.from_path(lr, mirror=False)  # the caller's choice wins
+    assert off.mirror is False
+    assert off.provenance(off.predict_case(_volumes(), "c"), [])["inference"]["tta"] is False
+    # the recommendation changes the probabilities (an untrained net is not symmetric)
+    plain = off.predict_case(_volumes(), "c", keep_probabilities=True)
+    assert np.abs(plain.probabilities - result.probabilities).max() > 1e-4
+    for bad in ([3], "lr", [0, 0], [True]):
+        path = save_checkpoint(tmp_path / "bad.pt", {**ckpt, "tta_axes": bad})
+        with pytest.raises(CheckpointError, match=r"bad\.pt: tta_axes"):
+            Predictor.from_path(path)

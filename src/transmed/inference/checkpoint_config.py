@@ -7,7 +7,9 @@ trained with a preprocessing step this version does not know cannot be reproduce
 Of ``train_config`` inference reads only ``patch_size`` (the sliding window); it is checked
 with :class:`TrainConfig`'s rule (three sides of at least 8 voxels). TrainConfig itself lives
 in ``training``, which sits above inference, so it cannot be imported here. A ``postprocess``
-entry (the small-component clean-up chosen for the model) goes through :class:`PostprocessConfig`.
+entry (the small-component clean-up chosen for the model) goes through :class:`PostprocessConfig`,
+and a ``tta_axes`` entry (the mirroring test-time augmentation chosen for the model) through
+:func:`transmed.inference.core.mirror_axes`.
 """
 
 from __future__ import annotations
@@ -113,3 +115,27 @@ def postprocess_from_checkpoint(
                                     for k, v in raw.items()})  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: postprocess: {exc}") from None
+
+
+def tta_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> tuple[int, ...]:
+    """The spatial axes the checkpoint recommends mirroring at test time (``ckpt["tta_axes"]``,
+    e.g. ``[0]``: left-right on the RAS working grid, chosen on the model's decision data);
+    ``()`` (no mirroring) when it records none.
+
+    Raises:
+        CheckpointError: not a list of distinct spatial axes among 0, 1, 2.
+    """
+    from transmed.inference.core import mirror_axes
+
+    raw = ckpt.get("tta_axes")
+    if raw is None:
+        return ()
+    ints = isinstance(raw, list | tuple) and all(
+        isinstance(a, int) and not isinstance(a, bool) for a in raw
+    )
+    if not ints:
+        raise CheckpointError(f"{path}: tta_axes: expected a list of spatial axes, got {raw!r:.80}")
+    try:
+        return mirror_axes(tuple(raw))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: tta_axes: {exc}") from None

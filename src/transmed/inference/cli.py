@@ -70,7 +70,16 @@ def predict_cmd(
         "[auto: no check].",
     ),  # fmt: skip
     overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding overlap."),
-    tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation."),
+    tta: bool = typer.Option(
+        None, "--tta/--no-tta",
+        help="Mirroring test-time augmentation (see --tta-axes) [the model's recommendation, "
+        "else off].",
+    ),  # fmt: skip
+    tta_axes: str = typer.Option(
+        None, "--tta-axes",
+        help="Which mirrorings --tta averages: all (8 passes, every axis) or lr (2 passes, "
+        "left-right only) [the model's recommendation, else all]; implies --tta.",
+    ),  # fmt: skip
     min_component: float = typer.Option(
         None, "--min-component-mm3", min=0.0,
         help="Drop tumour specks below this (0 = off) [the model's recommendation, else 20].",
@@ -139,6 +148,20 @@ def predict_cmd(
         _predict(**locals())
 
 
+def _mirror(tta: object, axes: object) -> bool | tuple[int, ...] | None:
+    """``--tta``/``--tta-axes`` as a Predictor ``mirror`` (None: the checkpoint's choice)."""
+    named = {"all": True, "lr": (0,)}  # the working grid is RAS: axis 0 is left-right
+    if axes is not None and axes not in named:
+        raise typer.BadParameter(f"--tta-axes: expected all or lr, got {axes!r}")
+    if tta is False:
+        if axes is not None:
+            raise typer.BadParameter("--tta-axes goes with --tta, not --no-tta")
+        return False
+    if axes is not None:
+        return named[str(axes)]
+    return None  # --tta alone or nothing: the checkpoint's axes (then, for --tta: all)
+
+
 def _predict(**opts: object) -> None:
     import time
 
@@ -174,9 +197,11 @@ def _predict(**opts: object) -> None:
     predictor = Predictor.from_path(
         opts["model"], device=device, prefer=str(opts["checkpoint"]),
         mode=opts["mode"], memory_budget=parse_budget(str(opts["memory_budget"])),
-        overlap=float(opts["overlap"]), mirror=bool(opts["tta"]),
+        overlap=float(opts["overlap"]), mirror=_mirror(opts["tta"], opts["tta_axes"]),
         precision=_precision(str(opts["precision"]), device),
     )  # fmt: skip
+    if opts["tta"] and not predictor.mirror:  # --tta on a model that recommends none: all axes
+        predictor.mirror = True
     # the options given, else the checkpoint's recommendation, else PostprocessConfig's defaults
     base = predictor.postprocess or PostprocessConfig()
     coreless = opts["coreless_wt"]

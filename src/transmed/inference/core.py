@@ -9,6 +9,8 @@ property of the model, never of the machine's free memory.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
@@ -31,6 +33,16 @@ def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out  # deep supervision: full res
 
 
+def mirror_axes(mirror: bool | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The spatial axes a ``mirror`` setting flips: True = all three, False = none."""
+    if isinstance(mirror, bool):
+        return (0, 1, 2) if mirror else ()
+    axes = tuple(int(a) for a in mirror)
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"mirror axes must be distinct spatial axes among 0, 1, 2, got {mirror!r}")
+    return tuple(sorted(axes))
+
+
 @torch.inference_mode()
 def predict_probabilities(
     model: SegmentationModel,
@@ -40,7 +52,7 @@ def predict_probabilities(
     overlap: float = 0.5,
     sw_batch_size: int = 1,
     precision: str = "fp32",
-    mirror: bool = False,
+    mirror: bool | tuple[int, ...] = False,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Sigmoid region probabilities (3, D, H, W) float32 for a (4, D, H, W) image.
@@ -50,7 +62,11 @@ def predict_probabilities(
             a fixed size use it as the window when the volume is larger).
         overlap: sliding-window overlap fraction (Gaussian weighting).
         precision: "fp32", "bf16" or "fp16" (see :func:`transmed.models.autocast`).
-        mirror: test-time augmentation, averaging the 8 mirrored predictions.
+        mirror: test-time augmentation by mirroring. ``True`` averages the 8 predictions
+            mirrored along every combination of the three spatial axes; a tuple of spatial
+            axes (0 = D, 1 = H, 2 = W) averages the ``2**len(axes)`` combinations of those
+            axes only, e.g. ``(0,)`` for left-right on a RAS grid, the only mirroring a model
+            trained with left-right flips has seen. ``False`` or ``()``: no mirroring.
     """
     if image.ndim != 4:
         raise ValueError(f"expected an image (C, D, H, W), got shape {tuple(image.shape)}")
@@ -72,8 +88,10 @@ def predict_probabilities(
                 overlap=overlap, mode="gaussian",
             )  # fmt: skip
 
-    if mirror:
-        flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    axes = mirror_axes(mirror)
+    if axes:
+        flips = [tuple(2 + a for a in combo) for n in range(len(axes) + 1)
+                 for combo in itertools.combinations(axes, n)]  # fmt: skip
         probs = sum(torch.sigmoid(run(x.flip(f)).flip(f) if f else run(x)) for f in flips)
         probs = probs / len(flips)
     else:

@@ -23,8 +23,9 @@ from transmed.inference.checkpoint_config import (
     patch_from_checkpoint,
     postprocess_from_checkpoint,
     preprocess_from_checkpoint,
+    tta_from_checkpoint,
 )
-from transmed.inference.core import predict_probabilities, window_for_mode
+from transmed.inference.core import mirror_axes, predict_probabilities, window_for_mode
 from transmed.inference.ensemble import check_fold_agreement
 from transmed.inference.memory import measure_bytes_per_voxel, whole_volume_bytes
 from transmed.inference.postprocess import PostprocessConfig, postprocess_labels
@@ -124,7 +125,8 @@ class Predictor:
         memory_budget: with ``mode="whole"``, refuse (``ValueError``) a volume whose
             estimated whole-volume memory exceeds this many bytes, rather than switch to the
             sliding window silently; ``None`` = no check.
-        overlap, precision, mirror: see :func:`transmed.inference.core.predict_probabilities`.
+        overlap, precision, mirror: see :func:`transmed.inference.core.predict_probabilities`;
+            ``from_path`` takes ``mirror`` from the checkpoint (``tta_axes``) unless given.
         postprocess: small-component clean-up on the original grid (``None`` = off).
         inside_mask: probabilities outside the brain (or foreground) mask of preprocessing,
             where the network sees only zeros, are set to 0 before the labels are made.
@@ -135,7 +137,7 @@ class Predictor:
     roi_size: tuple[int, int, int] | None = None
     overlap: float = 0.5
     precision: str = "fp32"
-    mirror: bool = False
+    mirror: bool | tuple[int, ...] = False
     threshold: float = 0.5
     mode: str = "auto"
     model_mode: str = DEFAULT_INFERENCE_MODE
@@ -179,6 +181,7 @@ class Predictor:
         loaded: list[tuple[Path, SegmentationModel, dict]] = []  # for the fold agreement check
         modes: dict[Path, str] = {}
         cleanups: dict[Path, PostprocessConfig | None] = {}
+        ttas: dict[Path, tuple[int, ...]] = {}
         for ckpt_path in find_checkpoints(path, prefer):
             model, ckpt = load_model_and_checkpoint(ckpt_path, device)
             if model.in_channels != len(MODALITIES):
@@ -191,6 +194,7 @@ class Predictor:
             check_fold_agreement(loaded)  # preprocessing, patch, output channels; names the fold
             modes[ckpt_path] = inference_mode(ckpt, ckpt_path)
             cleanups[ckpt_path] = postprocess_from_checkpoint(ckpt, ckpt_path)
+            ttas[ckpt_path] = tta_from_checkpoint(ckpt, ckpt_path)
             patch = patch_from_checkpoint(ckpt, ckpt_path)
             own = preprocess_from_checkpoint(ckpt, ckpt_path)  # validated, names the file
             if ckpt.get("preprocess_config"):  # none or empty: the default preprocessing
@@ -202,6 +206,9 @@ class Predictor:
         kwargs.setdefault("model_mode", _agreed(modes, "inference modes"))
         # the checkpoint's own clean-up unless the caller chose one (None: off)
         kwargs.setdefault("postprocess", _agreed(cleanups, "post-processing"))
+        # and its own test-time mirroring (none recorded: none)
+        if kwargs.get("mirror") is None:
+            kwargs["mirror"] = _agreed(ttas, "test-time mirroring (tta_axes)")
         kwargs.setdefault("checkpoints", [
             {"name": (c.get("model_config") or {}).get("name"), "path": str(p),
              "sha256": file_sha256(p)} for p, _, c in loaded
@@ -318,7 +325,8 @@ class Predictor:
             preprocess=dataclasses.asdict(self.preprocess),
             record_extra=record.extra if record is not None else {},
             inference={"mode": result.mode, "window": list(result.window) if result.window
-                       else None, "precision": self.precision, "tta": self.mirror,
+                       else None, "precision": self.precision,
+                       "tta": list(mirror_axes(self.mirror)) or False,
                        "device": str(self.device), "ensemble": len(self.models),
                        "postprocess": dataclasses.asdict(self.postprocess)
                        if self.postprocess is not None else None,

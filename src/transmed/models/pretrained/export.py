@@ -20,7 +20,8 @@ from transmed.models.checkpoint import load_checkpoint, save_checkpoint
 #: Checkpoint keys that describe the model and its data; the optimiser state and history do
 #: not ship.
 KEEP = ("model_config", "train_config", "preprocess_config", "inference_mode", "training_data",
-        "data_profile", "dynamic_temperature", "epoch", "best_dice", "postprocess")  # fmt: skip
+        "data_profile", "dynamic_temperature", "epoch", "best_dice", "postprocess",
+        "tta_axes")  # fmt: skip
 
 
 def export_checkpoint(src: Path, dst: Path, *, name: str, version: str, fp16: bool = True,
