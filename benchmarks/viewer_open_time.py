@@ -11,7 +11,8 @@ and the baseline (``git archive`` of ``--baseline-ref`` into a temporary folder)
 first render of T1ce + labels, the GPU's queued work included (read back), the page's own
 marks (case info, image shown, labels drawn), each request's server time, and, once the
 page's downloads settle, a switch to FLAIR. The machine's load average
-is recorded with every run; writes ``benchmarks/results/viewer_open_time.{json,md}``.
+is recorded with every run; writes ``benchmarks/results/viewer_open_time.{json,md}`` (``--name``
+for another file name).
 """
 
 from __future__ import annotations
@@ -164,11 +165,11 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return round(statistics.median(r[key] for r in runs), 2)
 
 
-def write(results: dict[str, Any], out: Path) -> None:
+def write(results: dict[str, Any], out: Path, name: str = "viewer_open_time") -> None:
     from transmed.io.atomic import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "viewer_open_time.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / f"{name}.json", json.dumps(results, indent=1) + "\n")
     rows = []
     for label, runs in results["runs"].items():
         rows.append(
@@ -190,7 +191,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         "read back); *in page*: the page's own clock from opening the case to the labels set, "
         "WebGL work still queued; *switch*: to FLAIR once the page's downloads settled.", "",
     ]  # fmt: skip
-    atomic_write_text(out / "viewer_open_time.md", "\n".join(md))
+    atomic_write_text(out / f"{name}.md", "\n".join(md))
 
 
 def main() -> None:
@@ -200,6 +201,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "viewer_bench")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--note", default="", help="a line on the machine's load, for the report")
+    ap.add_argument("--name", default="viewer_open_time", help="results file name (no suffix)")
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # child: one run of this case
     args = ap.parse_args()
     if args.one is not None:
@@ -235,7 +237,7 @@ def main() -> None:
         "median_open_s": {label: _median(r, "open_s") for label, r in runs.items()},
         "runs": runs,
     }  # fmt: skip
-    write(results, args.out)
+    write(results, args.out, args.name)
     print(json.dumps(results["median_open_s"]))
 
 

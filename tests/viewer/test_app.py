@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
@@ -143,7 +144,9 @@ def test_refuses_to_write_through_a_symlink_out_of_path(tmp_path, server_factory
     victim.write_bytes(b"precious")
     (d / "Case_001_corrected.nii.gz").symlink_to(victim)
     server = server_factory(d)
-    status, body = _save(server, "Case_001", _ras_labels(server, "Case_001"))
+    status, body = _get(server, "/api/cases/Case_001")  # nor read through it as the correction
+    assert status == 422 and b"Case_001_corrected.nii.gz resolves outside" in body
+    status, body = _save(server, "Case_001", np.zeros((40, 48, 32), np.uint8))
     assert status == 422 and "outside" in body["error"]
     assert victim.read_bytes() == b"precious"
 
@@ -349,6 +352,60 @@ def test_raw_labels_are_niivues_bitmap(tmp_path, server_factory) -> None:
     assert raw == np.asfortranarray(ras).tobytes(order="F")  # x fastest, RAS order
 
 
+def test_raw_labels_are_gzipped_for_a_browser_that_accepts_it(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    path = "/api/cases/Case_001/labels.raw"
+    status, raw = _get(server, path)  # http.client sends no Accept-Encoding: the bytes as they are
+    assert status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    headers = {"X-Transmed-Token": server.token, "Accept-Encoding": "gzip, deflate, br, zstd"}
+    conn.request("GET", path, headers=headers)
+    first = conn.getresponse()
+    body, etag = first.read(), first.getheader("ETag")
+    assert first.status == 200 and first.getheader("Content-Encoding") == "gzip"
+    assert first.getheader("Vary") == "Accept-Encoding"
+    assert first.getheader("Cache-Control") == "no-cache"
+    assert gzip.decompress(body) == raw and len(body) < len(raw) / 5
+    conn.request("GET", path, headers={**headers, "If-None-Match": etag})
+    again = conn.getresponse()
+    assert again.status == 304 and again.read() == b""
+    conn.request("GET", path, headers={**headers, "Accept-Encoding": "gzip;q=0, identity"})
+    refused = conn.getresponse()
+    assert refused.getheader("Content-Encoding") is None and refused.read() == raw
+    conn.request("GET", path, headers={"Accept-Encoding": "gzip"})  # still behind the token
+    assert conn.getresponse().status == 403
+    conn.close()
+
+
+def test_case_info_counts_the_labels_the_page_opens_with(tmp_path, server_factory) -> None:
+    d, pred = make_case(tmp_path)
+    server = server_factory(d)
+    status, body = _get(server, "/api/cases/Case_001")
+    assert status == 200
+    info = json.loads(body)
+    raw = np.frombuffer(_get(server, "/api/cases/Case_001/labels.raw")[1], np.uint8)
+    assert info["label_voxels"] == np.bincount(raw, minlength=4).tolist()
+    assert info["label_voxels"][3] == int((pred == 4).sum())  # BraTS 2021's 4 is internal 3
+    voxel_ml = info["voxel_ml"]
+    assert info["volumes_ml"]["WT"] == pytest.approx(int((pred > 0).sum()) * voxel_ml, abs=1e-3)
+
+
+def test_accept_encoding_gzip() -> None:
+    from starlette.requests import Request
+
+    from transmed.viewer.app import accepts_gzip
+
+    def req(value: str) -> Request:
+        return Request({"type": "http", "headers": [(b"accept-encoding", value.encode())]})
+
+    assert accepts_gzip(req("gzip, deflate, br, zstd"))
+    assert accepts_gzip(req("br;q=1.0, GZIP;q=0.5"))
+    assert not accepts_gzip(req("gzip;q=0")) and not accepts_gzip(req("identity"))
+    assert not accepts_gzip(req("deflate, x-gzipped")) and not accepts_gzip(req("gzip;q=zero"))
+    assert not accepts_gzip(Request({"type": "http", "headers": []}))
+
+
 def test_float_images_are_served_as_scaled_int16_with_their_window() -> None:
     from transmed.viewer.volumes import display_nifti
 
@@ -396,3 +453,146 @@ def test_images_leave_as_uint8_or_int16_with_their_values(dtype, lo, hi, served)
     assert img.get_data_dtype() == served
     step = (float(hi) - float(lo)) / 65534 if served != dtype else 0.0  # scaled: one level
     assert np.abs(img.get_fdata() - data.astype(np.float64)).max() <= step / 2 + 1e-3 * step
+
+
+def _raw(server, cid: str) -> np.ndarray:
+    """The labels the page is served (NiiVue's bitmap, RAS order) as an array."""
+    status, data = _get(server, f"/api/cases/{cid}/labels.raw")
+    assert status == 200, data
+    shape = server.app.state.viewer.loaded(cid).ras_grid.shape
+    return np.frombuffer(data, np.uint8).reshape(shape, order="F")
+
+
+def test_a_reopened_case_shows_the_saved_correction_and_keeps_every_edit(
+    tmp_path, server_factory
+) -> None:
+    d, pred = make_case(tmp_path)
+    server = server_factory(d)
+    ras = _ras_labels(server, "Case_001")
+    first = ras.copy()
+    first[5:8, 6:9, 10] = 3  # session 1: enhancing painted on background
+    assert _save(server, "Case_001", first)[0] == 200
+    # the page reloaded on the same server, the case loaded afresh, a new `transmed view` run
+    assert np.array_equal(_raw(server, "Case_001"), first)
+    assert np.array_equal(_ras_labels(server, "Case_001"), first)
+    fresh = type(server.app.state.viewer)(server.app.state.viewer.cat).loaded("Case_001")
+    assert np.array_equal(fresh.ras(fresh.internal), first)
+    again = server_factory(d)
+    assert np.array_equal(_raw(again, "Case_001"), first)
+    status, body = _get(again, "/api/cases/Case_001")
+    info = json.loads(body)
+    assert status == 200 and info["labels"]["shown"] == "correction"
+    assert info["labels"]["file"] == "Case_001_corrected.nii.gz" and info["labels"]["saved_at"]
+    assert info["label_voxels"] == np.bincount(first.reshape(-1), minlength=4).tolist()
+    # session 2: necrosis erased; the file keeps session 1's enhancing too
+    second = first.copy()
+    second[first == 1] = 0
+    status, entry = _save(again, "Case_001", second)
+    assert status == 200, entry
+    got = np.asarray(nib.load(d / "Case_001_corrected.nii.gz").dataobj)
+    want = _to_file_order(again, "Case_001", second)
+    assert np.array_equal(got > 0, want > 0) and np.array_equal(got == 4, want == 3)
+    assert np.array_equal(got[got != pred], np.where(want == 3, 4, want)[got != pred])
+    n_ncr = int((pred == 1).sum())
+    assert entry["voxels_changed"] == n_ncr  # since the last save, not since the prediction
+    assert entry["per_label"]["enhancing"]["added"] == 0
+    assert entry["edited_from"] == "Case_001_corrected.nii.gz"
+    total = entry["since_prediction"]
+    assert total["voxels_changed"] == 9 + n_ncr
+    assert total["per_label"]["enhancing"]["added"] == 9
+    assert total["per_label"]["necrotic/non-enhancing core"]["removed"] == n_ncr
+    # a third save on the same server measures from the second, without reopening
+    third = second.copy()
+    third[30:32, 6:8, 10] = 2
+    status, entry = _save(again, "Case_001", third)
+    assert status == 200 and entry["voxels_changed"] == 4
+    assert entry["since_prediction"]["voxels_changed"] == 13 + n_ncr
+    record = json.loads((d / "Case_001_corrected.json").read_text())
+    assert [s["voxels_changed"] for s in record["saves"]] == [9, n_ncr, 4]
+    assert np.array_equal(_raw(again, "Case_001"), third)
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [("corrupt", "unreadable"), ("grid", "another grid"), ("values", "unexpected label values 3")],
+)
+def test_a_bad_saved_correction_is_reported_not_replaced_by_the_prediction(
+    tmp_path, server_factory, problem, message
+) -> None:
+    d, pred = make_case(tmp_path)
+    corrected = d / "Case_001_corrected.nii.gz"
+    if problem == "corrupt":  # a save cut short by hand, a disk error
+        nib.save(nib.Nifti1Image(pred, nib.load(d / "Case_001.nii.gz").affine), corrected)
+        corrected.write_bytes(corrected.read_bytes()[:-200])
+    elif problem == "grid":
+        nib.save(nib.Nifti1Image(pred[:, :-2], np.eye(4)), corrected)
+    else:  # 3 is no BraTS 2021 label (the prediction's 4 is)
+        nib.save(nib.Nifti1Image(np.where(pred == 4, 3, pred).astype(np.uint8),
+                                 nib.load(d / "Case_001.nii.gz").affine), corrected)  # fmt: skip
+    before = corrected.read_bytes()
+    server = server_factory(d)
+    status, body = _get(server, "/api/cases/Case_001")
+    error = json.loads(body)["error"]
+    assert status == 422 and "saved correction Case_001_corrected.nii.gz" in error
+    assert message in error and "move Case_001_corrected.nii.gz aside" in error
+    assert _get(server, "/api/cases/Case_001/labels.raw")[0] == 422
+    status, body = _save(server, "Case_001", np.zeros((40, 48, 32), np.uint8))
+    assert status == 422 and corrected.read_bytes() == before  # nothing saved over it
+    corrected.rename(d / "Case_001_corrected.broken.nii.gz")  # moved aside: the prediction opens
+    status, body = _get(server_factory(d), "/api/cases/Case_001")
+    assert status == 200 and json.loads(body)["labels"] == {
+        "shown": "prediction", "file": "Case_001.nii.gz"
+    }  # fmt: skip
+
+
+def test_case_info_says_which_labels_are_shown(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    info = json.loads(_get(server, "/api/cases/Case_001")[1])
+    assert info["labels"] == {"shown": "prediction", "file": "Case_001.nii.gz"}
+    status, entry = _save(server, "Case_001", _ras_labels(server, "Case_001"))
+    assert status == 200 and entry["edited_from"] == "Case_001.nii.gz"
+    info = json.loads(_get(server, "/api/cases/Case_001")[1])
+    assert info["labels"] == {
+        "shown": "correction", "file": "Case_001_corrected.nii.gz",
+        "saved_at": entry["saved_at"], "prediction": "Case_001.nii.gz",
+    }  # fmt: skip
+    assert info["prediction"] == "Case_001.nii.gz"
+    again = json.loads(_get(server_factory(d), "/api/cases/Case_001")[1])
+    assert again["labels"] == info["labels"]  # the saved_at of the edit record
+
+
+@pytest.mark.parametrize("storage", [False, True])
+def test_a_reopened_dicom_study_keeps_every_edit_in_its_seg(
+    tmp_path, synth_dicom, server_factory, storage
+) -> None:
+    dc = make_dicom_predict_output(tmp_path, synth_dicom, storage=storage)
+    server = server_factory(dc.root)
+    (case,) = server.catalogue.cases
+    cid = case.case_id
+    ras = _ras_labels(server, cid)
+    first = ras.copy()
+    first[2:6, 2:6, 3] = 3
+    status, entry1 = _save(server, cid, first)
+    assert status == 200, entry1
+    again = server_factory(dc.root)  # a new `transmed view` on the same folder
+    assert np.array_equal(_raw(again, cid), first)
+    info = json.loads(_get(again, f"/api/cases/{cid}")[1])
+    assert info["labels"]["shown"] == "correction" and info["labels"]["file"] == entry1["corrected"]
+    second = first.copy()
+    second[first == 2] = 0  # oedema erased
+    status, entry2 = _save(again, cid, second)
+    assert status == 200, entry2
+    assert entry2["voxels_changed"] == int((first == 2).sum())
+    assert entry2["since_prediction"]["voxels_changed"] == int((ras != second).sum())
+    assert entry2["seg_sop_instance_uid"] != entry1["seg_sop_instance_uid"]
+    source = load_study(dc.study_dir).series["t1ce"]
+    folder = dc.root / "jobs" / case.job_id / "review" if storage else dc.root
+    _, masks = _seg_masks(folder / entry2["seg"], source)
+    expected = _to_file_order(again, cid, second)
+    assert np.array_equal(masks["ET"], expected == 3) and np.array_equal(masks["WT"], expected > 0)
+    assert masks["ET"][_to_file_order(again, cid, first == 3).astype(bool)].all()  # session 1
+    if storage:  # what is sent is the last save's SEG, once
+        status, data = _get(again, f"/api/cases/{cid}/send", method="POST")
+        assert status == 200 and json.loads(data)["queued"] == entry2["seg_sop_instance_uid"]
+        assert _get(again, f"/api/cases/{cid}/send", method="POST")[0] == 409

@@ -115,6 +115,46 @@ def test_open_render_toggle_paint_undo_save(tmp_path, server_factory, browser) -
     assert record["seconds_open"] > 0 and record["seconds_editing"] > 0
 
 
+def test_a_reloaded_page_shows_the_saved_correction_and_saves_on_top(
+    tmp_path, server_factory, browser
+) -> None:
+    d, pred = make_case(tmp_path)
+    server = server_factory(d)
+    page = open_viewer(browser, server)
+    shape = tuple(page.evaluate("tm.state.info.shape"))
+    assert page.evaluate("tm.state.info.labels.shown") == "prediction"
+    before = _bitmap(page)
+    page.locator("#penLabel").select_option("3")
+    page.locator('#tools button[data-tool="brush"]').click()
+    _stroke(page, 3, 4, 8, 30)  # session 1: a row of enhancing outside the tumour
+    first = _bitmap(page)
+    page.locator("#save").click()
+    page.wait_for_function("tm.state.lastSave || tm.state.error", timeout=30_000)
+    page.close()
+
+    page = open_viewer(browser, server)  # reloaded: the saved correction, not the prediction
+    assert page.evaluate("tm.state.error") is None and page.tm_errors == []
+    assert np.array_equal(_bitmap(page), first)
+    status = page.locator("#status").inner_text()
+    assert "showing the saved correction Case_001_corrected.nii.gz (saved at 20" in status
+    assert '"shown": "showing the saved correction' in page.locator("#provenance").inner_text()
+    page.locator("#penLabel").select_option("2")
+    page.locator('#tools button[data-tool="brush"]').click()
+    _stroke(page, 5, 4, 8, 30)  # session 2: oedema on another slice
+    second = _bitmap(page)
+    added = int((second != first).sum())
+    assert added >= 20
+    page.locator("#save").click()
+    page.wait_for_function("tm.state.lastSave || tm.state.error", timeout=30_000)
+    entry = page.evaluate("tm.state.lastSave")
+    assert entry["voxels_changed"] == added  # since session 1's save
+    assert entry["since_prediction"]["voxels_changed"] == int((second != before).sum())
+    assert f"{added} voxels changed" in page.locator("#status").inner_text()
+    got = np.asarray(nib.load(d / "Case_001_corrected.nii.gz").dataobj)
+    want = second.reshape(shape, order="F")[::-1, ::-1, :]  # file order: x and y flipped
+    assert np.array_equal(got, np.where(want == 3, 4, want))  # both sessions' strokes
+
+
 def test_modalities_views_and_volumes(tmp_path, server_factory, browser) -> None:
     d, pred = make_case(tmp_path)
     server = server_factory(d)
@@ -155,6 +195,10 @@ def test_modalities_views_and_volumes(tmp_path, server_factory, browser) -> None
                            " || Object.entries(tm.nv).some(([n, v]) => v === tm.nv[k]"
                            " && tm.state.stubbedShaders.includes(n)))")  # fmt: skip
     assert in_use == []
+    # NiiVue's gradient pass is skipped call by call, and the background's orient pass runs
+    # the plain shaders (test_plain_orient_pass_is_niivues compares them with NiiVue's own)
+    assert page.evaluate("tm.state.gradientCallsElided") >= 4
+    assert page.evaluate("tm.state.plainOrient") == ["orientShaderI", "orientShaderU"]
     page.locator('#views button[data-view="4"]').click()  # 3D render
     assert page.evaluate("tm.nv.opts.sliceType") == 4
     assert _canvas(page).std() > 0.02
@@ -164,6 +208,60 @@ def test_modalities_views_and_volumes(tmp_path, server_factory, browser) -> None
     assert page.evaluate("tm.state.volumes.ET") == pytest.approx((pred == 4).sum() * voxel_ml)
     assert page.evaluate("tm.state.volumes.WT") == pytest.approx((pred > 0).sum() * voxel_ml)
     assert "ml" in page.locator("#volumes").inner_text()
+
+
+_VOLUME_TEXTURE = """(() => {
+  const nv = tm.nv, gl = nv.gl, d = nv.back.dims, fb = gl.createFramebuffer();
+  const out = new Uint8Array(d[1] * d[2] * d[3] * 4), layer = new Uint8Array(d[1] * d[2] * 4);
+  gl.bindFramebuffer(gl.FRAMEBUFFER, fb);
+  for (let z = 0; z < d[3]; z++) {
+    gl.framebufferTextureLayer(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, nv.volumeTexture, 0, z);
+    gl.readPixels(0, 0, d[1], d[2], gl.RGBA, gl.UNSIGNED_BYTE, layer);
+    out.set(layer, z * layer.length);
+  }
+  gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+  gl.deleteFramebuffer(fb);
+  return Array.from(out);
+})()"""
+#: The sources of one of NiiVue's shader objects as the page compiled them.
+_SOURCES = (
+    "(() => { const gl = tm.nv.gl; return gl.getAttachedShaders(tm.nv.%s.program)"
+    ".map((s) => gl.getShaderSource(s)).join(''); })()"
+)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8])
+def test_plain_orient_pass_is_niivues(tmp_path, server_factory, browser, dtype) -> None:
+    """On a software WebGL the background's orient pass (image -> NiiVue's RGBA volume
+    texture) runs viewer.js's plain shader: the texture is the one NiiVue's own shader makes,
+    byte for byte, for the image's window and another, and a volume outside the plain case
+    (here NiiVue's alpha threshold) gets NiiVue's own shader."""
+    d, _ = make_case(tmp_path, dtype=dtype)
+    page = open_viewer(browser, server_factory(d))
+    name = {np.int16: "orientShaderI", np.uint8: "orientShaderU"}[dtype]
+    assert page.evaluate("tm.state.plainOrient") == ["orientShaderI", "orientShaderU"]
+    niivues = "modulation == 1"  # in NiiVue's orient shader, not in the plain one
+    assert niivues not in page.evaluate(_SOURCES % name)
+    textures = {}
+    windows = {"image": None, "narrow": (40, 150), "wide": (40, 1000)}  # wide: dark voxels lifted
+    for window, limits in windows.items():
+        for general in (False, True):
+            window_js = (
+                f"tm.nv.volumes[0].cal_min = {limits[0]}; tm.nv.volumes[0].cal_max = {limits[1]};"
+                if limits else ""
+            )  # fmt: skip
+            page.evaluate(f"tm.state.generalOrient = {'true' if general else 'false'};"
+                          f"{window_js} tm.nv.updateGLVolume(); 0")  # fmt: skip
+            assert (niivues in page.evaluate(_SOURCES % name)) is general
+            textures[window, general] = np.array(page.evaluate(_VOLUME_TEXTURE), np.uint8)
+    for window in windows:
+        plain, niivue = textures[window, False], textures[window, True]
+        assert plain.std() > 10 and np.array_equal(plain, niivue), window
+    assert not np.array_equal(textures["image", False], textures["narrow", False])
+    page.evaluate("tm.state.generalOrient = false; tm.nv.volumes[0].colormapType = 1;"
+                  " tm.nv.updateGLVolume(); 0")  # fmt: skip
+    assert niivues in page.evaluate(_SOURCES % name)
+    assert page.evaluate("tm.state.error") is None and page.tm_errors == []
 
 
 def test_opens_the_case_the_server_names_unless_the_url_does(

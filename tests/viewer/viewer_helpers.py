@@ -32,17 +32,19 @@ AFFINE = np.array([[-1.0, 0, 0, 20], [0, -1.2, 0, 24], [0, 0, 1.5, -16], [0, 0, 
 
 def make_case(
     folder: Path, case_id: str = "Case_001", shape: tuple[int, int, int] = (40, 48, 32),
-    *, prediction_name: str | None = None, affine: np.ndarray = AFFINE,
+    *, prediction_name: str | None = None, affine: np.ndarray = AFFINE, dtype=np.int16,
 ) -> tuple[Path, np.ndarray]:  # fmt: skip
-    """A BraTS 2021 case folder ``folder/case_id`` (int16 images) with a prediction beside them
-    (``<case_id>.nii.gz``, labels 1/2/4); returns (folder, prediction values)."""
+    """A BraTS 2021 case folder ``folder/case_id`` (``dtype`` images: int16, or uint8 clipped
+    to 0-255) with a prediction beside them (``<case_id>.nii.gz``, labels 1/2/4); returns
+    (folder, prediction values)."""
     d = folder / case_id
     d.mkdir(parents=True, exist_ok=True)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
     head = (x**2 + y**2 + z**2 < 0.8).astype(np.float32)
     rng = np.random.default_rng(0)
     for i, m in enumerate(("t1", "t1ce", "t2", "flair")):
-        img = (head * (100 + 50 * i + 40 * x) + rng.normal(0, 3, shape)).astype(np.int16)
+        img = head * (100 + 50 * i + 40 * x) + rng.normal(0, 3, shape)
+        img = (np.clip(img, 0, 255) if dtype == np.uint8 else img).astype(dtype)
         nib.save(nib.Nifti1Image(img, affine), d / f"{case_id}_{m}.nii.gz")
     lab = np.zeros(shape, np.uint8)
     r = (x - 0.2) ** 2 + y**2 + z**2

@@ -29,13 +29,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from transmed.data.labels import MODALITIES
 from transmed.viewer import saving
-from transmed.viewer.sources import Catalogue, ViewerError, inside
+from transmed.viewer.sources import Catalogue, ViewerError, correction_paths, inside
 from transmed.viewer.volumes import (
     Encoded,
     LoadedCase,
     image_nifti,
     labels_nifti,
     labels_raw,
+    labels_raw_gzip,
     load,
 )
 
@@ -91,40 +92,52 @@ class TokenMiddleware:
 
 
 class Viewer:
-    """The catalogue, the cases in memory (LRU of :data:`CACHE_CASES`), one lock per case."""
+    """The catalogue, the cases in memory (LRU of :data:`CACHE_CASES`), one lock per case.
+
+    A case is loaded with its latest saved correction when there is one, under the case's
+    lock: a load waits for a save in progress and reads what it wrote.
+    """
 
     def __init__(self, cat: Catalogue, *, send_outbox: Any = None) -> None:
         self.cat = cat
         self.send_outbox = send_outbox  # an OutboxSender for the node's destination, or None
         self._cache: OrderedDict[str, LoadedCase] = OrderedDict()
         self._lock = threading.Lock()
-        self._case_locks: dict[str, threading.Lock] = {}
+        self._case_locks: dict[str, threading.RLock] = {}
 
-    def case_lock(self, case_id: str) -> threading.Lock:
+    def case_lock(self, case_id: str) -> threading.RLock:
+        """The case's lock (reentrant: a save holding it may load the case)."""
         with self._lock:
-            return self._case_locks.setdefault(case_id, threading.Lock())
+            return self._case_locks.setdefault(case_id, threading.RLock())
 
     def loaded(self, case_id: str) -> LoadedCase:
         try:
             case = self.cat.get(case_id)
         except KeyError:
             raise ViewerError(f"no case {case_id!r}") from None
+        if case.problem:
+            raise ViewerError(f"case {case_id}: {case.problem}")
         files = [*case.images.values(), case.prediction, case.seg, case.dicom_folder]
         if any(p is not None and not inside(p, self.cat.read_roots) for p in files):
             raise ViewerError(f"case {case_id}: a file resolves outside the viewed folder")
+        corrected = correction_paths(case, self.cat.root)[0]
+        present = corrected.exists() or corrected.is_symlink()
+        if present and not inside(corrected, self.cat.read_roots):
+            raise ViewerError(f"case {case_id}: its saved correction {corrected.name} resolves "
+                              "outside the viewed folder (symlink?); refused")  # fmt: skip
         with self._lock:
             if case_id in self._cache:
                 self._cache.move_to_end(case_id)
                 return self._cache[case_id]
-        with self.case_lock(case_id):
+        with self.case_lock(case_id):  # cached before a save can change the files read
             with self._lock:  # loaded by the request this one waited for
                 if case_id in self._cache:
                     return self._cache[case_id]
-            item = load(case)
-        with self._lock:
-            self._cache[case_id] = item
-            while len(self._cache) > CACHE_CASES:
-                self._cache.popitem(last=False)
+            item = load(case, corrected=corrected)
+            with self._lock:
+                self._cache[case_id] = item
+                while len(self._cache) > CACHE_CASES:
+                    self._cache.popitem(last=False)
         return item
 
     def cached(self) -> list[str]:
@@ -138,7 +151,7 @@ class Viewer:
         try:
             item = self.loaded(case_id)
             mods = modalities(item)
-            item.encoded("labels.raw", lambda: labels_raw(item))
+            item.encoded("labels.raw.gz", lambda: labels_raw_gzip(item))
             if mods:
                 first = "t1ce" if "t1ce" in mods else mods[0]
                 item.encoded(f"image/{first}", lambda: image_nifti(item, first))
@@ -156,12 +169,31 @@ def _error(exc: Exception, status: int = 422) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 
-def _bytes(request: Request, item: Encoded, cache: str) -> Response:
-    """``item`` (or 304 when the browser holds that version)."""
-    headers = {"ETag": item.etag, "Cache-Control": cache}
+def _bytes(
+    request: Request, item: Encoded, cache: str, extra: dict[str, str] | None = None
+) -> Response:
+    """``item`` (or 304 when the browser holds that version), with ``extra`` headers."""
+    headers = {"ETag": item.etag, "Cache-Control": cache, **(extra or {})}
     if request.headers.get("if-none-match") == item.etag:
         return Response(status_code=304, headers=headers)
     return Response(item.data, media_type="application/octet-stream", headers=headers)
+
+
+def accepts_gzip(request: Request) -> bool:
+    """Whether the request's Accept-Encoding lists gzip with a non-zero quality."""
+    for part in request.headers.get("accept-encoding", "").split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        if name.lower() not in ("gzip", "x-gzip"):
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
 
 
 def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
@@ -197,12 +229,15 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
         case = item.case
         mods = modalities(item)
         ras = item.ras_grid
+        counts = item.label_voxels()  # the labels the page opens with: its volume table's start
         return JSONResponse({
             "id": cid, "kind": case.kind, "modalities": mods, "shape": list(ras.shape),
             "spacing_mm": [round(s, 4) for s in ras.spacing], "voxel_ml": item.voxel_ml,
-            "volumes_ml": item.volumes_ml(), "label_convention": item.convention.name,
+            "volumes_ml": item.volumes_ml(counts=counts), "label_voxels": counts,
+            "label_convention": item.convention.name,
             "prediction": (case.prediction or case.seg).name if (case.prediction or case.seg)
             else None,
+            "labels": item.labels_from,  # shown: prediction | correction (saved_at) | empty
             "provenance": case.provenance,
             "can_send": case.job_id is not None,
             "saved_to": saving.target_paths(item, cat.root)[0].name,
@@ -230,13 +265,19 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
 
     def labels_bitmap(request: Request) -> Response:
         """The labels as NiiVue's drawing bitmap (raw bytes, RAS order), revalidated by ETag
-        on every request (``no-cache``)."""
+        on every request (``no-cache``); gzip-encoded for a browser that accepts it (a label
+        map shrinks ~100-fold, and the browser's network process inflates it)."""
+        gz = accepts_gzip(request)
         try:
             item = viewer.loaded(request.path_params["cid"])
-            encoded = item.encoded("labels.raw", lambda: labels_raw(item))
+            if gz:
+                encoded = item.encoded("labels.raw.gz", lambda: labels_raw_gzip(item))
+            else:
+                encoded = item.encoded("labels.raw", lambda: labels_raw(item))
         except ViewerError as exc:
             return _error(exc)
-        return _bytes(request, encoded, "no-cache")
+        extra = {"Vary": "Accept-Encoding", **({"Content-Encoding": "gzip"} if gz else {})}
+        return _bytes(request, encoded, "no-cache", extra)
 
     async def save(request: Request) -> Response:
         body = await request.body()
@@ -250,9 +291,9 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
         from starlette.concurrency import run_in_threadpool
 
         def work() -> dict[str, Any]:
-            item = viewer.loaded(cid)
-            internal = item.from_ras_bitmap(body)
             with viewer.case_lock(cid):  # one save of a case at a time; the last one wins
+                item = viewer.loaded(cid)  # as it is now: the labels of the last save
+                internal = item.from_ras_bitmap(body)
                 return saving.save_correction(item, internal, cat.root, timing=timing)
 
         try:

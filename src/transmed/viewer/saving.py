@@ -6,8 +6,14 @@
 - DICOM: also ``<SEG stem>_corrected.dcm``, a new SEG (new series and instance UIDs) built by
   the project's SEG writer on the same T1ce series, every segment's algorithm type
   SEMIAUTOMATIC and the series description saying it was manually corrected.
-- ``<stem>_corrected.json``: one entry per save: voxels changed per label (added/removed),
-  the time the case was open and the time since the first edit, the files written.
+- ``<stem>_corrected.json``: one entry per save: voxels changed per label (added/removed)
+  since the labels the save started from (``edited_from``: the prediction, or the correction
+  saved before, in this session or an earlier one) and, in ``since_prediction``, since the
+  prediction; the time the case was open and the time since the first edit; the files written.
+
+A case opens with its latest saved correction (:func:`transmed.viewer.volumes.load`), and after
+a save the loaded case holds the saved labels: a further edit, in this session or a later one,
+is saved on top of the earlier ones, never over them from the prediction.
 
 Saves of one case are serialised by a lock held by the caller (:class:`transmed.viewer.app`);
 each file is renamed into place complete, so the last complete save wins.
@@ -27,7 +33,7 @@ import numpy as np
 from transmed.data.labels import CLASS_NAMES, from_internal
 from transmed.io.atomic import atomic_write_text
 from transmed.io.nifti import save_volume
-from transmed.viewer.sources import CORRECTED, ViewerError, corrected_path, inside
+from transmed.viewer.sources import CORRECTED, ViewerError, correction_paths, inside
 from transmed.viewer.volumes import LoadedCase
 
 SERIES_DESCRIPTION = "TransMed segmentation, manually corrected"
@@ -46,19 +52,7 @@ def seg_module() -> ModuleType:
 
 def target_paths(loaded: LoadedCase, root: Path) -> tuple[Path, Path | None]:
     """(corrected label map, corrected SEG or None) for ``loaded``'s case."""
-    case = loaded.case
-    if case.job_id is not None:  # transmed serve storage: beside the job's state file
-        base = root / "jobs" / case.job_id / "review" / f"{case.case_id}.dcm"
-    elif case.prediction is not None:
-        base = case.prediction
-    elif case.seg is not None:
-        base = case.seg
-    else:
-        ref = case.images.get("t1ce") or next(iter(case.images.values()))
-        base = ref.parent / f"{case.case_id}.nii.gz"
-    nifti = corrected_path(base)
-    seg = nifti.parent / nifti.name.replace(".nii.gz", ".dcm") if case.kind == "dicom" else None
-    return nifti, seg
+    return correction_paths(loaded.case, root)
 
 
 def check_target(path: Path, root: Path, inputs: set[Path]) -> None:
@@ -106,7 +100,8 @@ def save_correction(
     """Write the corrected label map (and SEG), and append the edit to the record.
 
     Args:
-        loaded: the case as opened (its labels are the prediction the edit is measured from).
+        loaded: the case in memory: its labels (the prediction, or the last saved correction)
+            are what the edit is measured from; they become ``internal`` once saved.
         internal: the corrected internal labels ``(X, Y, Z)`` in the file's voxel order.
         root: the viewed folder; nothing is written outside it.
         timing: ``seconds_open`` and ``seconds_editing`` measured by the page.
@@ -121,7 +116,9 @@ def save_correction(
     check_target(nifti_path, root, inputs)
     if seg_path is not None:
         check_target(seg_path, root, inputs)
+    internal = np.ascontiguousarray(internal, dtype=np.uint8)
     old = loaded.internal
+    original = loaded.original if loaded.original is not None else old
     changed = old != internal
     base = loaded.file_values
     if base is None:
@@ -129,16 +126,24 @@ def save_correction(
     values = np.array(base, dtype=np.int32, copy=True)
     values[changed] = from_internal(internal[changed], loaded.convention)
     dtype = np.uint8 if values.max(initial=0) <= 255 and values.min(initial=0) >= 0 else np.int16
-    save_volume(values.astype(dtype), loaded.grid.affine, nifti_path)
+    source = loaded.case.prediction or loaded.case.seg
     entry: dict[str, Any] = {
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "corrected": nifti_path.name,
         "label_convention": loaded.convention.name,
+        "edited_from": loaded.labels_from.get("file"),
         **edit_counts(old, internal),
+        "since_prediction": edit_counts(original, internal),
         "seconds_open": round(float(timing.get("seconds_open", 0.0)), 1),
         "seconds_editing": round(float(timing.get("seconds_editing", 0.0)), 1),
         "volumes_ml": loaded.volumes_ml(internal),
     }
+    save_volume(values.astype(dtype), loaded.grid.affine, nifti_path)
+    # From here the file on disk is this save's: so are the case's labels in memory (what a
+    # reload serves and the next save is measured from), even if the SEG or record fail below.
+    shown = {"shown": "correction", "file": nifti_path.name, "saved_at": entry["saved_at"],
+             "prediction": source.name if source else None}  # fmt: skip
+    loaded.set_labels(internal, values if loaded.file_values is not None else None, shown)
     if seg_path is not None:
         seg = build_corrected_seg(loaded, internal)
         seg_module().write_seg(seg, seg_path)
@@ -147,7 +152,6 @@ def save_correction(
     record_path = nifti_path.parent / nifti_path.name.replace(".nii.gz", ".json")
     record = _read_record(record_path)
     record.setdefault("case", loaded.case.case_id)
-    source = loaded.case.prediction or loaded.case.seg
     record.setdefault("prediction", source.name if source else None)
     record.setdefault("saves", []).append(entry)
     atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")

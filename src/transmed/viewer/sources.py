@@ -138,6 +138,25 @@ def corrected_path(prediction: Path) -> Path:
     return prediction.parent / f"{stem}{CORRECTED}.nii.gz"
 
 
+def correction_paths(case: ViewCase, root: Path) -> tuple[Path, Path | None]:
+    """(corrected label map, corrected SEG or None) of ``case`` in the viewed folder ``root``:
+    where a save writes them and where opening the case looks for the latest correction."""
+    if case.job_id is not None:  # transmed serve storage: beside the job's state file
+        base = root / "jobs" / case.job_id / "review" / f"{case.case_id}.dcm"
+    elif case.prediction is not None:
+        base = case.prediction
+    elif case.seg is not None:
+        base = case.seg
+    elif case.images:
+        ref = case.images.get("t1ce") or next(iter(case.images.values()))
+        base = ref.parent / f"{case.case_id}.nii.gz"
+    else:
+        raise ViewerError(f"case {case.case_id}: no file to save a correction beside")
+    nifti = corrected_path(base)
+    seg = nifti.parent / nifti.name.replace(".nii.gz", ".dcm") if case.kind == "dicom" else None
+    return nifti, seg
+
+
 def _nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and _NIFTI.search(p.name))
 

@@ -96,9 +96,32 @@ function skipGradientPasses() {
     "#version 300 es\nprecision lowp float;\nout vec4 c;\nvoid main() { c = vec4(0.0); }"));
   gl.linkProgram(program);
   if (!gl.getProgramParameter(program, gl.LINK_STATUS)) return false;
-  const none = { program, uniforms: {}, use(g) { g.useProgram(program); } };
+  const none = { program, uniforms: {}, use(g) { g.useProgram(program); elideGradientCalls(g); } };
   for (const k of GRADIENT_SHADERS) nv[k] = none;
   return true;
+}
+
+// The stubbed gradient pass still costs: for each slice of the volume, twice, NiiVue attaches a
+// layer of a volume-sized RGBA texture, asks the GPU process whether the framebuffer is complete
+// (a synchronous round trip) and draws (nothing): 310 round trips and 310 render passes into two
+// 36 MB textures for a 240 x 240 x 155 volume, ~0.15 s of the page's thread and more of
+// SwiftShader's per background load (measured, benchmarks/results/viewer_open_time_s6.md).
+// From the stub's use() to the pass deleting its framebuffer (or the end of the running task,
+// whichever comes first) those three calls are skipped, and the pass's two textures are made
+// 2 x 2 x 2 (GRADIENT_UNITS, in skipZeroUploads): zeros either way, read only by the
+// gradient-lit renderers, which are stubbed too (UNUSED_SHADERS).
+const GRADIENT_UNITS = { scratch: 33992, gradient: 33990 }; // NiiVue's TEXTURE8_PAQD, TEXTURE6_GRADIENT
+function elideGradientCalls(gl) {
+  if (Object.prototype.hasOwnProperty.call(gl, "drawArrays")) return; // already eliding
+  const proto = WebGL2RenderingContext.prototype;
+  const names = ["framebufferTextureLayer", "checkFramebufferStatus", "drawArrays", "deleteFramebuffer"];
+  const stop = () => { for (const k of names) delete gl[k]; };
+  gl.framebufferTextureLayer = () => {};
+  gl.checkFramebufferStatus = () => gl.FRAMEBUFFER_COMPLETE;
+  gl.drawArrays = () => {};
+  gl.deleteFramebuffer = (fb) => { stop(); proto.deleteFramebuffer.call(gl, fb); };
+  queueMicrotask(stop);
+  state.gradientCallsElided = (state.gradientCallsElided || 0) + 1;
 }
 
 // NiiVue compiles ~50 shader programs when it attaches, and on a software WebGL (ANGLE over
@@ -133,6 +156,88 @@ const UNUSED_SHADERS = {
 };
 const STUB_FRAGMENT = "#version 300 es\nprecision lowp float;\nout vec4 c;\nvoid main() { c = vec4(0.0); }";
 
+// NiiVue's orient pass turns the background volume into its RGBA texture: one full-screen draw
+// per slice with a fragment shader written for every layer and option (overlays blended over
+// the layer below, negative colour maps, alpha thresholds, modulation), each behind a uniform
+// branch. A GPU skips those branches; SwiftShader evaluates them all, and the pass was the
+// largest single cost of opening a case on a software WebGL (~0.6 of ~1 s of queued GPU work
+// for 240 x 240 x 155, measured: benchmarks/results/viewer_open_time_s6.md). On a software
+// WebGL only, the int16 and uint8 orient shaders (matched by NiiVue 0.69.0's exact sources)
+// are compiled with the main() below: NiiVue's own statements for a background layer drawn
+// plainly (layer 0, colour map from its minimum, no negative map, no modulation), the options'
+// branches left out. A volume outside that case gets NiiVue's shader, compiled when first
+// needed (orientFor); tests/viewer/test_browser.py compares the two textures byte for byte.
+const ORIENT_SHADERS = { "ac83c81a:3487": "orientShaderI", "91279c26:3487": "orientShaderU" };
+const PLAIN_ORIENT_MAIN = `void main(void) {
+	vec4 vx = vec4(TexCoord.xy, coordZ, 1.0) * mtx;
+	if ((vx.x < 0.0) || (vx.x > 1.0) || (vx.y < 0.0) || (vx.y > 1.0) || (vx.z < 0.0) || (vx.z > 1.0)) {
+		FragColor = texture(blend3D, vec3(TexCoord.xy, coordZ));
+		return;
+	}
+	float f = (scl_slope * float(texture(intensityVol, vx.xyz).r)) + scl_inter;
+	float mn = cal_min;
+	float mx = cal_max;
+	float r = max(0.00001, abs(mx - mn));
+	mn = min(mn, mx);
+	float txl = mix(0.0, 1.0, (f - mn) / r);
+	if (f > mn) {
+		txl = max(txl, 2.0/256.0);
+	}
+	float nlayer = float(textureSize(colormap, 0).y);
+	float y = ((2.0 * layer) + 1.5)/nlayer;
+	FragColor = texture(colormap, vec2(txl, y)).rgba;
+	FragColor.a *= opacity;
+}
+`;
+const orientGeneral = {}; // name -> { vs, fs, shader }: NiiVue's own orient shader, built on demand
+
+function softwareGL(gl) {
+  const ext = gl.getExtension("WEBGL_debug_renderer_info");
+  const renderer = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER) || "");
+  return /SwiftShader|llvmpipe|softpipe|software|Basic Render/i.test(renderer);
+}
+
+// The orient pass of a volume shown plainly as the background (the only kind this page loads).
+function plainBackground(vol, layer) {
+  return layer === 0 && vol.colormapType === 0 && !(vol.colormapNegative && vol.colormapNegative.length)
+    && vol.modulationImage == null && !("alphaThreshold" in vol);
+}
+
+// NiiVue's own orient shader `name` (compiled the first time a volume needs it), as NiiVue
+// builds its shader objects: the program and the location of each uniform its sources declare.
+function orientFor(name) {
+  const g = orientGeneral[name];
+  if (!g.shader) {
+    const gl = nv.gl, program = gl.createProgram();
+    for (const [type, src] of [[gl.VERTEX_SHADER, g.vs], [gl.FRAGMENT_SHADER, g.fs]]) {
+      const sh = gl.createShader(type);
+      gl.shaderSource(sh, src); gl.compileShader(sh); gl.attachShader(program, sh);
+    }
+    gl.linkProgram(program);
+    if (!gl.getProgramParameter(program, gl.LINK_STATUS)) throw new Error(`internal: NiiVue's ${name} does not link`);
+    const uniforms = {};
+    for (const src of [g.vs, g.fs]) for (const m of src.matchAll(/uniform[^;]+[ ](\w+);/g)) uniforms[m[1]] = null;
+    for (const u of Object.keys(uniforms)) uniforms[u] = gl.getUniformLocation(program, u);
+    g.shader = { program, uniforms, use(c) { c.useProgram(program); } };
+  }
+  return g.shader;
+}
+
+// Each orient pass (NiiVue's refreshLayers) gets the plain shaders for a plain background and
+// NiiVue's own otherwise (or always, with state.generalOrient set: the tests compare the two).
+function chooseOrientShaders() {
+  const names = Object.keys(orientGeneral);
+  if (!names.length || typeof nv.refreshLayers !== "function") return [];
+  const plain = Object.fromEntries(names.map((k) => [k, nv[k]]));
+  const refreshLayers = nv.refreshLayers;
+  nv.refreshLayers = function (vol, layer) {
+    const fast = !state.generalOrient && vol && plainBackground(vol, layer);
+    for (const k of names) nv[k] = fast ? plain[k] : orientFor(k);
+    return refreshLayers.call(this, vol, layer);
+  };
+  return names.sort();
+}
+
 function sourceKey(src) {
   let h = 0x811c9dc5;
   for (let i = 0; i < src.length; i++) { h ^= src.charCodeAt(i); h = Math.imul(h, 0x01000193) >>> 0; }
@@ -156,10 +261,19 @@ async function attachWithoutUnusedShaders(attach) {
   if (!proto) { await attach(); return []; }
   const shaderSource = proto.shaderSource;
   const stubbed = new Set(); // WebGLShader objects given the stub
+  const sources = new Map(), plainOrient = new Map(); // WebGLShader -> NiiVue's source, orient name
+  let software = null;
   proto.shaderSource = function (shader, src) {
-    if (typeof src === "string" && UNUSED_SHADERS[sourceKey(src)]) {
+    const key = typeof src === "string" ? sourceKey(src) : "";
+    if (UNUSED_SHADERS[key]) {
       stubbed.add(shader);
       return shaderSource.call(this, shader, STUB_FRAGMENT);
+    }
+    if (typeof src === "string") sources.set(shader, src);
+    if (ORIENT_SHADERS[key] && software === null) software = softwareGL(this);
+    if (ORIENT_SHADERS[key] && software) {
+      plainOrient.set(shader, ORIENT_SHADERS[key]);
+      return shaderSource.call(this, shader, src.slice(0, src.indexOf("void main(void) {")) + PLAIN_ORIENT_MAIN);
     }
     return shaderSource.call(this, shader, src);
   };
@@ -169,6 +283,13 @@ async function attachWithoutUnusedShaders(attach) {
     proto.shaderSource = shaderSource;
   }
   const gl = nv.gl;
+  for (const name of new Set(plainOrient.values())) { // keep NiiVue's sources for orientFor
+    const attached = nv[name] && nv[name].program ? gl.getAttachedShaders(nv[name].program) || [] : [];
+    const fs = attached.find((s) => plainOrient.get(s) === name);
+    const vs = attached.find((s) => s !== fs);
+    if (fs && vs && sources.has(vs)) orientGeneral[name] = { vs: sources.get(vs), fs: sources.get(fs), shader: null };
+    else throw new Error(`internal: NiiVue's ${name} was compiled for plain backgrounds only`);
+  }
   const names = Object.entries(niivuePrograms())
     .filter(([, p]) => (gl.getAttachedShaders(p) || []).some((s) => stubbed.has(s))).map(([k]) => k);
   const expected = new Set(Object.values(UNUSED_SHADERS));
@@ -185,7 +306,13 @@ async function attachWithoutUnusedShaders(attach) {
 function skipZeroUploads() {
   if (typeof nv.rgbaTex !== "function" || typeof nv.r8Tex !== "function") return false;
   const rgbaTex = nv.rgbaTex, r8Tex = nv.r8Tex;
-  nv.rgbaTex = (tex, unit, dims) => rgbaTex.call(nv, tex, unit, dims, false);
+  nv.rgbaTex = (tex, unit, dims, init) => {
+    // the gradient pass's scratch (asked zero-filled on its unit) and output: see elideGradientCalls
+    if (state.gradientSkipped && (unit === GRADIENT_UNITS.gradient || (unit === GRADIENT_UNITS.scratch && init))) {
+      dims = [dims[0], 2, 2, 2];
+    }
+    return rgbaTex.call(nv, tex, unit, dims, false);
+  };
   nv.r8Tex = (tex, unit, dims) => r8Tex.call(nv, tex, unit, dims, false);
   return true;
 }
@@ -245,12 +372,16 @@ function renderToggles() {
   }
 }
 
-// Region and label volumes (ml) from the drawing bitmap, updated on every edit.
-function updateVolumes() {
+// Region and label volumes (ml) from the drawing bitmap, updated on every edit; `counts`:
+// voxels of labels 0-3 when known (the server's count of the labels the page opens with, which
+// spares a scan of the whole bitmap while the case opens).
+function updateVolumes(counts) {
   const bm = nv.drawBitmap;
   if (!bm || !state.info) return;
-  const n = [0, 0, 0, 0];
-  for (let i = 0; i < bm.length; i++) n[bm[i] & 3]++;
+  const known = Array.isArray(counts) && counts.length === 4
+    && counts.reduce((a, b) => a + b, 0) === bm.length;
+  const n = known ? counts.slice() : [0, 0, 0, 0];
+  if (!known) for (let i = 0; i < bm.length; i++) n[bm[i] & 3]++;
   const ml = (c) => (c * state.info.voxel_ml).toFixed(2);
   const rows = [["WT", n[1] + n[2] + n[3]], ["TC", n[1] + n[3]], ["ET", n[3]],
     ["NCR (1)", n[1]], ["ED (2)", n[2]], ["ET (3)", n[3]]];
@@ -296,16 +427,33 @@ async function loadBackground(mod) {
   } finally { if (blob) URL.revokeObjectURL(url); }
   state.modality = mod;
   if (keep) {
-    nv.createEmptyDrawing();
+    createDrawingToFill();
     nv.drawBitmap.set(keep);
     nv.drawUndoBitmaps = undo; nv.currentDrawUndoBitmap = undoAt;
     nv.refreshDrawing(true);
   }
 }
 
+// NiiVue's createEmptyDrawing allocates the drawing's bitmaps and texture, then records the
+// empty bitmap as an undo state and uploads it (8.9 MB of zeros for 240 x 240 x 155, then a
+// scan of all of them for a non-zero voxel: ~0.1 s on the page's thread, measured). This page
+// always fills the new bitmap right away and records or restores the undo states itself, so
+// those two steps are skipped while it runs; the caller uploads the filled bitmap.
+function createDrawingToFill() {
+  const skipped = ["drawAddUndoBitmap", "refreshDrawing"];
+  const own = skipped.filter((k) => Object.prototype.hasOwnProperty.call(nv, k));
+  if (own.length) { nv.createEmptyDrawing(); return; } // not NiiVue's methods: leave them be
+  for (const k of skipped) nv[k] = () => {};
+  try {
+    nv.createEmptyDrawing();
+  } finally {
+    for (const k of skipped) delete nv[k];
+  }
+}
+
 // The labels as the drawing: the server sends NiiVue's bitmap itself (RAS order, x fastest).
 function setDrawing(bytes) {
-  nv.createEmptyDrawing();
+  createDrawingToFill();
   if (nv.drawBitmap.length !== bytes.length) {
     throw new Error(`labels: ${bytes.length} voxels for a ${nv.drawBitmap.length}-voxel image`);
   }
@@ -372,19 +520,23 @@ async function openCase(id, pending) {
   try {
     await oneDraw(async () => {
       await loadBackground(mod);
+      // NiiVue queued the image's upload and orient pass; flushed now, the (software) GPU runs
+      // them while the labels are set up, instead of after.
+      nv.gl.flush();
       marks.image = performance.now() - t0;
       setDrawing(await labels);
       marks.labels = performance.now() - t0;
       applyColormap();
       setTool(state.tool);
-      updateVolumes();
+      updateVolumes(info.label_voxels);
     });
   } catch (e) {
     showError(e.message); return;
   }
   marks.drawn = performance.now() - t0;
-  const prov = Object.assign({ prediction: info.prediction, label_values: info.label_convention,
-    grid: `${info.shape.join("x")} @ ${info.spacing_mm.join("x")} mm`, saves_to: info.saved_to }, info.provenance);
+  const prov = Object.assign({ prediction: info.prediction, shown: labelsShown(info.labels),
+    label_values: info.label_convention, grid: `${info.shape.join("x")} @ ${info.spacing_mm.join("x")} mm`,
+    saves_to: info.saved_to }, info.provenance);
   $("provenance").textContent = JSON.stringify(prov, null, 1);
   $("model").textContent = modelLine(info.provenance || {});
   $("send").hidden = !info.can_send;
@@ -393,8 +545,17 @@ async function openCase(id, pending) {
   state.openMs = performance.now() - t0;
   state.sinceNavigationMs = performance.now(); // the page's clock starts at navigation
   state.openMarks = marks; // ms since the click: case info, image loaded, labels set, drawn
-  status(`${id} opened in ${(state.openMs / 1000).toFixed(2)} s`);
+  const shown = info.labels && info.labels.shown === "correction" ? ` · ${labelsShown(info.labels)}` : "";
+  status(`${id} opened in ${(state.openMs / 1000).toFixed(2)} s${shown}`);
   gpuDone().then(() => prefetchOthers(id, info.modalities.filter((m) => m !== mod)));
+}
+
+// Which labels the case opened with: the server shows the latest saved correction when there is
+// one (a further save builds on it), else the prediction.
+function labelsShown(l) {
+  if (!l) return "";
+  if (l.shown === "correction") return `showing the saved correction ${l.file} (saved at ${l.saved_at})`;
+  return l.shown === "prediction" ? `showing the prediction ${l.file}` : "no labels yet";
 }
 
 // "Model: transmed_full (sha256 d1114c66585c) · TransMed 0.1.0", from the provenance JSON
@@ -437,7 +598,8 @@ async function save() {
       method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: nv.drawBitmap,
     });
     state.lastSave = r;
-    status(`saved ${r.corrected}${r.seg ? " + " + r.seg : ""}: ${r.voxels_changed} voxels changed`);
+    const total = r.since_prediction ? `, ${r.since_prediction.voxels_changed} since the prediction` : "";
+    status(`saved ${r.corrected}${r.seg ? " + " + r.seg : ""}: ${r.voxels_changed} voxels changed${total}`);
   } catch (e) { showError(`save failed: ${e.message}`); status(""); }
 }
 
@@ -450,10 +612,25 @@ async function send() {
 
 async function main() {
   const { listed, early } = boot; // started before NiiVue attached
+  // No scene is drawn until the first case is (or fails to be) shown: NiiVue would draw its
+  // empty scene when its font arrives and for each setting made here (setView), full-canvas
+  // draws on a software WebGL, each frame then read back by the compositor while the page's
+  // thread waits (Chrome trace), all while the case downloads. openCase's oneDraw draws once.
+  nv.isBusy = true;
+  try {
+    await boot2(listed, early);
+  } finally {
+    if (nv.isBusy) { nv.isBusy = false; nv.drawScene(); } // no case opened: draw the empty scene
+    if (window.history.replaceState) window.history.replaceState(null, "", location.pathname); // token out of the address bar
+  }
+}
+
+async function boot2(listed, early) {
   state.stubbedShaders = await attachWithoutUnusedShaders(() => nv.attachTo("gl")); // shaders exist now
   state.bootMarks.attached = performance.now();
   state.gradientSkipped = skipGradientPasses();
   state.zeroUploadsSkipped = skipZeroUploads();
+  state.plainOrient = chooseOrientShaders();
   for (const b of document.querySelectorAll("#views button")) b.onclick = () => setView(+b.dataset.view);
   for (const b of document.querySelectorAll("#tools button")) b.onclick = () => setTool(b.dataset.tool);
   $("penLabel").onchange = () => setTool(state.tool);
@@ -477,6 +654,5 @@ async function main() {
   }
   const first = await early;
   if (first) await openCase(first.id, first.pending);
-  if (window.history.replaceState) window.history.replaceState(null, "", location.pathname); // token out of the address bar
 }
 main().catch((e) => showError(e.message));
