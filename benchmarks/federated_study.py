@@ -20,6 +20,9 @@ of optimiser steps of the same batch size, summed over sites) and the same held-
   ``FederatedConfig.server_eta``; τ, betas and the η schedule: the config's defaults);
 - ``fedavg_sgdX``: FedAvg with local SGD at the sites (momentum 0.9, peak rate X instead of
   ``--lr``, which is AdamW's; ``FederatedConfig.local_optimizer="sgd"``);
+- ``centralised_sgdX``: its centralised control: SGD (momentum 0.9, peak rate X) on the pooled
+  training cases, as a one-site federation with 3 × ``--iters`` steps per round (a FedAvg of
+  one site is that site's weights), so the same steps and rate schedule as ``centralised``;
 - ``dp_eps8``, ``dp_eps2``: FedAvg with DP-SGD at every site, ε ≈ 8 and ≈ 2 at δ = 1e-5;
 - ``site_A``, ``site_B``, ``site_C``: each site training alone (the whole budget on its data).
 
@@ -92,6 +95,20 @@ def make_data(work: Path, seed: int) -> tuple[dict[str, Path], Path, Path, list]
     return sites, test, pooled, profiles
 
 
+def train_pool(work: Path, sites: dict[str, Path]) -> Path:
+    """The three sites' training cases in one preprocessed folder (no held-out case): the
+    single site of the ``centralised_sgdX`` control."""
+    from transmed.training.run import prepare_data
+
+    raw = work / "raw" / "train_pool"
+    raw.mkdir(parents=True, exist_ok=True)
+    for folder in sites.values():
+        for case in folder.iterdir():
+            if not (raw / case.name).exists():
+                shutil.copytree(case, raw / case.name)
+    return prepare_data(raw, work / "preprocessed" / "train_pool", progress=False)[0]
+
+
 def _eval_run_folder(arm_dir: Path, ckpt: Path, pre: Path, test_ids: list[str]) -> None:
     from transmed.training.oof import evaluate_predictions, predict_cases
 
@@ -118,16 +135,17 @@ def run_trained_arm(name: str, args, work: Path, pooled: Path, pooled_pre: Path,
 
 
 def run_federated_arm(name: str, args, work: Path, site_pre: dict[str, Path], test_pre: Path,
-                      test_ids: list[str], lr: float | None = None, **fed: Any,
-                      ) -> tuple[list[float], list[dict]]:  # fmt: skip
+                      test_ids: list[str], lr: float | None = None, iters: int | None = None,
+                      **fed: Any) -> tuple[list[float], list[dict]]:  # fmt: skip
     from transmed.federated.config import FederatedConfig
     from transmed.federated.run import simulate
 
     arm = work / "arms" / name
     if not (arm / "evaluation.csv").is_file():
-        train = {**train_config(args, 1, args.iters), **({"lr": lr} if lr is not None else {})}
-        cfg = FederatedConfig(train=train, rounds=args.rounds,
-                              local_epochs=1, min_clients=3, **fed)  # fmt: skip
+        train = {**train_config(args, 1, iters or args.iters),
+                 **({"lr": lr} if lr is not None else {})}  # fmt: skip
+        cfg = FederatedConfig(train=train, rounds=args.rounds, local_epochs=1,
+                              min_clients=len(site_pre), **fed)  # fmt: skip
         simulate(cfg, site_pre, arm, test_data=test_pre)
         _eval_run_folder(arm, arm / "checkpoints" / "global.pt", test_pre, test_ids)
     records = json.loads((arm / "rounds.json").read_text())
@@ -189,7 +207,15 @@ def main() -> None:
                                            site_ids[name[5:]], test_ids)  # fmt: skip
         else:
             fed: dict[str, Any] = {}
-            if name.startswith("fedavg_sgd"):  # local SGD, its own peak rate (fedavg_sgd0.01)
+            arm_sites = site_pre
+            if name.startswith("centralised_sgd"):  # the SGD control: ONE site with all the
+                # training cases (no held-out case), 3 × iters steps per round, so the
+                # federated code path is a centralised SGD run with the same rates and steps
+                arm_sites = {"pooled": train_pool(work, sites)}
+                fed = {"local_optimizer": "sgd", "local_momentum": 0.9,
+                       "lr": float(name[len("centralised_sgd"):]),
+                       "iters": args.iters * len(site_pre)}  # fmt: skip
+            elif name.startswith("fedavg_sgd"):  # local SGD, its own peak rate (fedavg_sgd0.01)
                 fed = {"local_optimizer": "sgd", "local_momentum": 0.9,
                        "lr": float(name[len("fedavg_sgd"):])}  # fmt: skip
             elif name == "fedavg_v0":  # ablation: the round schedule and fresh AdamW of before
@@ -203,7 +229,7 @@ def main() -> None:
                 fed = {"strategy": "fedprox", "proximal_mu": args.mu}
             elif name.startswith("dp_eps"):
                 fed = {"dp": DPSettings(epsilon=float(name[6:]), delta=1e-5, max_grad_norm=1.0)}
-            curves[name], records = run_federated_arm(name, args, work, site_pre, test_pre,
+            curves[name], records = run_federated_arm(name, args, work, arm_sites, test_pre,
                                                       test_ids, **fed)  # fmt: skip
             train_loss[name] = last_rounds_train_loss(records)
             if name.startswith("dp_eps"):
@@ -306,7 +332,9 @@ def study_markdown(study: dict, compare_md: str) -> str:
              f"Command: `{b.get('command', '')}` (arms in parallel processes, see the "
              "script's docstring). Date: " + study.get("date", "") + ".", "",
              f"**Budget**: {b['optimiser_steps_per_arm']} optimiser steps per arm (batch "
-             f"{b['batch']}, patch 32³, AdamW, peak lr {b.get('lr')}, poly decay, no warm-up): "
+             f"{b['batch']}, patch 32³, AdamW, peak lr {b.get('lr')}"
+             + ("; the `_sgd` arms: SGD, see below" if any("_sgd" in a for a in study["arms"])
+                else "") + ", poly decay, no warm-up): "
              f"centralised and each site alone take {r} epochs × {3 * k} steps; the federated "
              f"arms {r} rounds × 3 sites × {k} local steps. Model {b['model']} "
              f"({b['parameters']} parameters). **Machine**: {b['machine']}. **Time**: all arms "
@@ -338,6 +366,12 @@ def study_markdown(study: dict, compare_md: str) -> str:
         lines += [f"**{a}**: the sites use SGD with momentum 0.9 at peak rate "
                   f"{a[len('fedavg_sgd'):]} instead of AdamW (the budget above is otherwise "
                   "the same).", ""]  # fmt: skip
+    for a in (a for a in study["arms"] if a.startswith("centralised_sgd")):
+        lines += [f"**{a}**: the SGD control: SGD with momentum 0.9 at peak rate "
+                  f"{a[len('centralised_sgd'):]}, on the pooled training cases (one site "
+                  f"holding the three sites' cases, {3 * k} steps per round, through the "
+                  "federated code path; the same steps and rate schedule as `centralised`).",
+                  ""]  # fmt: skip
     for a in (a for a in study["arms"] if a.startswith("fedadam") and "centralised" in final):
         gap = final[a]["mean"] - final["centralised"]["mean"]
         loss = study.get("final_train_loss", {}).get(a)
@@ -366,7 +400,8 @@ def study_markdown(study: dict, compare_md: str) -> str:
             lines.append(f"- {a}: " + ", ".join(
                 f"site {s} ε={v:.2f} (σ={sig.get(s, float('nan')):.2f})"
                 for s, v in e.items() if s != "noise_multiplier"))  # fmt: skip
-    lines += ["", "## Paired comparison (`transmed compare`, reference: centralised)", "",
+    ref = "centralised" if "centralised" in study["arms"] else study["arms"][0]
+    lines += ["", f"## Paired comparison (`transmed compare`, reference: {ref})", "",
               compare_md]
     return "\n".join(lines) + "\n"
 
