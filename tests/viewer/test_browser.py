@@ -113,6 +113,13 @@ def test_open_render_toggle_paint_undo_save(tmp_path, server_factory, browser) -
     record = json.loads((d / "Case_001_corrected.json").read_text())["saves"][-1]
     assert record["per_label"]["enhancing"]["added"] == len(painted)
     assert record["seconds_open"] > 0 and record["seconds_editing"] > 0
+    # a second save with no edit since: its times count from the first save, not from opening
+    page.evaluate("tm.state.lastSave = null")
+    page.locator("#save").click()
+    page.wait_for_function("tm.state.lastSave || tm.state.error", timeout=30_000)
+    saves = json.loads((d / "Case_001_corrected.json").read_text())["saves"]
+    assert len(saves) == 2 and saves[1]["voxels_changed"] == 0
+    assert saves[1]["seconds_editing"] == 0
 
 
 def test_a_reloaded_page_shows_the_saved_correction_and_saves_on_top(

@@ -598,6 +598,8 @@ async function save() {
       method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: nv.drawBitmap,
     });
     state.lastSave = r;
+    // the next save records the time since this one, so a case's entries add up to its total
+    state.openedAt = now; state.firstEditAt = null;
     const total = r.since_prediction ? `, ${r.since_prediction.voxels_changed} since the prediction` : "";
     status(`saved ${r.corrected}${r.seg ? " + " + r.seg : ""}: ${r.voxels_changed} voxels changed${total}`);
   } catch (e) { showError(`save failed: ${e.message}`); status(""); }
