@@ -120,11 +120,6 @@ class Viewer:
         files = [*case.images.values(), case.prediction, case.seg, case.dicom_folder]
         if any(p is not None and not inside(p, self.cat.read_roots) for p in files):
             raise ViewerError(f"case {case_id}: a file resolves outside the viewed folder")
-        corrected = correction_paths(case, self.cat.root)[0]
-        present = corrected.exists() or corrected.is_symlink()
-        if present and not inside(corrected, self.cat.read_roots):
-            raise ViewerError(f"case {case_id}: its saved correction {corrected.name} resolves "
-                              "outside the viewed folder (symlink?); refused")  # fmt: skip
         with self._lock:
             if case_id in self._cache:
                 self._cache.move_to_end(case_id)
@@ -133,6 +128,11 @@ class Viewer:
             with self._lock:  # loaded by the request this one waited for
                 if case_id in self._cache:
                     return self._cache[case_id]
+            corrected = correction_paths(case, self.cat.root)[0]  # read only on a cache miss
+            present = corrected.exists() or corrected.is_symlink()
+            if present and not inside(corrected, self.cat.read_roots):
+                raise ViewerError(f"case {case_id}: its saved correction {corrected.name} "
+                                  "resolves outside the viewed folder (symlink?); refused")
             item = load(case, corrected=corrected)
             with self._lock:
                 self._cache[case_id] = item

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation
 
 from transmed.data.labels import CLASS_NAMES, REGIONS, LabelConvention
-from transmed.io.nifti import DEFAULT_MAX_VOXELS, check_nifti_header, load_volume
+from transmed.io.nifti import DEFAULT_MAX_VOXELS, Volume, check_nifti_header, load_volume
 from transmed.transforms import spatial
 from transmed.viewer.sources import ViewCase, ViewerError
 
@@ -218,6 +219,28 @@ def _same_grid(shape: tuple[int, ...], affine: np.ndarray, grid: spatial.Grid) -
     )
 
 
+def _read_label_file(path: Path, grid: spatial.Grid, max_voxels: int, what: str, against: str,
+                     hint: str = "") -> Volume:  # fmt: skip
+    """The label map ``path`` (int32 values), read with the voxel cap and checked to lie on
+    ``grid``; ``what`` names it and ``against`` the grid's owner in the errors, which end with
+    ``hint``.
+
+    Raises:
+        ViewerError: unreadable, or on another grid (never shown misaligned).
+    """
+    try:
+        vol = load_volume(path, max_voxels=max_voxels, dtype=np.int32)
+    except (ValueError, OSError) as exc:
+        raise ViewerError(f"{what}: {exc}{hint}") from None
+    if not _same_grid(vol.shape3d, vol.affine, grid):
+        raise ViewerError(
+            f"{what} is on another grid ({vol.shape3d}, spacing "
+            f"{tuple(round(s, 3) for s in vol.spacing)} mm) than {against} ({grid.shape}); "
+            f"refusing to show it misaligned{hint}"
+        )
+    return vol
+
+
 def _load_nifti(case: ViewCase, max_voxels: int) -> LoadedCase:
     ref_mod = "t1ce" if "t1ce" in case.images else next(iter(case.images), None)
     if ref_mod is None:
@@ -230,16 +253,8 @@ def _load_nifti(case: ViewCase, max_voxels: int) -> LoadedCase:
         return LoadedCase(case, ref_grid, internal, internal.copy(), case.label_convention(),
                           labels_from={"shown": "empty", "file": None})  # fmt: skip
     name = case.prediction.name
-    try:
-        vol = load_volume(case.prediction, max_voxels=max_voxels, dtype=np.int32)
-    except ValueError as exc:
-        raise ViewerError(f"label map {name}: {exc}") from None
-    if not _same_grid(vol.shape3d, vol.affine, ref_grid):
-        raise ViewerError(
-            f"label map {name} is on another grid ({vol.shape3d}, spacing "
-            f"{tuple(round(s, 3) for s in vol.spacing)} mm) than the {ref_mod} image "
-            f"{case.images[ref_mod].name} ({ref_grid.shape}); refusing to show it misaligned"
-        )
+    vol = _read_label_file(case.prediction, ref_grid, max_voxels, f"label map {name}",
+                           f"the {ref_mod} image {case.images[ref_mod].name}")  # fmt: skip
     values = vol.data
     conv = case.label_convention(_values_present(values))
     from transmed.data.labels import to_internal
@@ -297,8 +312,6 @@ def _load_dicom(case: ViewCase, max_voxels: int) -> LoadedCase:
 
 def saved_at(corrected: Path) -> str:
     """When ``corrected`` was saved: its edit record's last entry for it, else its mtime."""
-    import json
-
     record = corrected.parent / corrected.name.replace(".nii.gz", ".json")
     try:
         saves = json.loads(record.read_text("utf-8")).get("saves") or []
@@ -321,27 +334,17 @@ def _with_correction(loaded: LoadedCase, corrected: Path, max_voxels: int) -> Lo
     from transmed.data.labels import to_internal
 
     name = corrected.name
-    what = f"saved correction {name}"
-    aside = f"move {name} aside to open the prediction"
-    try:
-        vol = load_volume(corrected, max_voxels=max_voxels, dtype=np.int32)
-    except (ValueError, OSError) as exc:
-        raise ViewerError(f"{what}: {exc}; {aside}") from None
-    if not _same_grid(vol.shape3d, vol.affine, loaded.grid):
-        raise ViewerError(
-            f"{what} is on another grid ({vol.shape3d}, spacing "
-            f"{tuple(round(s, 3) for s in vol.spacing)} mm) than the case ({loaded.grid.shape}); "
-            f"refusing to show it misaligned; {aside}"
-        )
+    aside = f"; move {name} aside to open the prediction"
+    vol = _read_label_file(corrected, loaded.grid, max_voxels, f"saved correction {name}",
+                           "the case", aside)  # fmt: skip
     try:
         internal = to_internal(vol.data, loaded.convention, source=name)
     except ValueError as exc:  # "<name>: unexpected label values ..."
-        raise ViewerError(f"saved correction {exc}; {aside}") from None
-    loaded.original = loaded.internal
-    loaded.internal = internal
-    loaded.file_values = vol.data if loaded.file_values is not None else None
-    loaded.labels_from = {"shown": "correction", "file": name, "saved_at": saved_at(corrected),
-                          "prediction": loaded.labels_from.get("file")}  # fmt: skip
+        raise ViewerError(f"saved correction {exc}{aside}") from None
+    # ``original`` keeps the prediction's labels (set when the case was built)
+    loaded.set_labels(internal, vol.data if loaded.file_values is not None else None,
+                      {"shown": "correction", "file": name, "saved_at": saved_at(corrected),
+                       "prediction": loaded.labels_from.get("file")})  # fmt: skip
     return loaded
 
 
