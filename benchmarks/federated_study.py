@@ -275,7 +275,8 @@ def main() -> None:
                    "job (at higher priority) and other sessions' work",
         "command": "python benchmarks/federated_study.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in (("rounds", args.rounds),
-            ("iters", args.iters), ("lr", args.lr), ("mu", args.mu), ("batch", args.batch))),
+            ("iters", args.iters), ("lr", args.lr), ("mu", args.mu), ("batch", args.batch),
+            ("seed", args.seed))),
     }  # fmt: skip
     study = {"arms": arms, "dice_per_round": curves, "final_dice": final, "dp_epsilon": eps,
              "timing": timing, "final_train_loss": train_loss, "budget": budget,
