@@ -596,3 +596,96 @@ def test_a_reopened_dicom_study_keeps_every_edit_in_its_seg(
         status, data = _get(again, f"/api/cases/{cid}/send", method="POST")
         assert status == 200 and json.loads(data)["queued"] == entry2["seg_sop_instance_uid"]
         assert _get(again, f"/api/cases/{cid}/send", method="POST")[0] == 409
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_save_failing_after_its_label_map_leaves_the_last_save_whole(
+    tmp_path, synth_dicom, server_factory, monkeypatch
+) -> None:
+    """The SEG writer fails after the label map is written: the save is reported failed and
+    the files, the record and the labels served all stay those of the save before."""
+    from transmed.io.dicom import seg as seg_io
+
+    dc = make_dicom_predict_output(tmp_path, synth_dicom)
+    server = server_factory(dc.root)
+    (case,) = server.catalogue.cases
+    cid = case.case_id
+    first = _ras_labels(server, cid)
+    first[2:6, 2:6, 3] = 3
+    status, entry1 = _save(server, cid, first)
+    assert status == 200, entry1
+    files = [dc.root / entry1["corrected"], dc.root / entry1["seg"],
+             dc.root / entry1["corrected"].replace(".nii.gz", ".json")]  # fmt: skip
+    before = [p.read_bytes() for p in files]
+    monkeypatch.setattr(seg_io, "write_seg", _disk_full)
+    second = first.copy()
+    second[first == 2] = 0  # oedema erased
+    status, body = _get(server, f"/api/cases/{cid}/save?seconds_open=3", method="POST",
+                        body=np.asfortranarray(second).tobytes(order="F"))  # fmt: skip
+    assert [p.read_bytes() == b for p, b in zip(files, before, strict=True)] == [True] * 3
+    assert sorted(p.name for p in files[0].parent.iterdir() if p.name.startswith(".")) == []
+    assert status == 500
+    error = json.loads(body)["error"]
+    assert "No space left on device" in error and "nothing was saved" in error
+    assert np.array_equal(_raw(server, cid), first)  # the page reloaded shows the last save
+    monkeypatch.undo()
+    again = server_factory(dc.root)  # reopened: the last save with its own time
+    info = json.loads(_get(again, f"/api/cases/{cid}")[1])
+    assert info["labels"]["saved_at"] == entry1["saved_at"] and "recorded" not in info["labels"]
+    assert np.array_equal(_raw(again, cid), first)
+    status, entry2 = _save(server, cid, second)  # retried: measured from the last save
+    assert status == 200 and entry2["voxels_changed"] == int((first == 2).sum())
+
+
+def test_a_label_map_its_record_does_not_describe_is_reopened_as_unrecorded(
+    tmp_path, server_factory, monkeypatch
+) -> None:
+    """The record's rename, the save's last step, fails after the label map's: the save is
+    reported failed, and a reopened case does not take the record's last save for the file's."""
+    import os
+
+    d, _ = make_case(tmp_path)
+    server = server_factory(d)
+    first = _ras_labels(server, "Case_001")
+    first[5:8, 6:9, 10] = 3
+    status, entry1 = _save(server, "Case_001", first)
+    assert status == 200, entry1
+    replace = os.replace
+
+    def no_record(src, dst, *args, **kwargs):
+        if str(dst).endswith("_corrected.json"):
+            raise PermissionError(13, "Permission denied", str(dst))
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", no_record)
+    second = first.copy()
+    second[first == 1] = 0
+    status, body = _get(server, "/api/cases/Case_001/save", method="POST",
+                        body=np.asfortranarray(second).tobytes(order="F"))  # fmt: skip
+    monkeypatch.undo()
+    assert status == 500
+    error = json.loads(body)["error"]
+    assert "Permission denied" in error and "Case_001_corrected.json" in error
+    assert np.array_equal(_raw(server, "Case_001"), second)  # what is on disk is what is shown
+    record = json.loads((d / "Case_001_corrected.json").read_text())
+    assert [s["saved_at"] for s in record["saves"]] == [entry1["saved_at"]]
+    labels = json.loads(_get(server_factory(d), "/api/cases/Case_001")[1])["labels"]
+    assert labels["shown"] == "correction" and labels["recorded"] is False
+    status, entry3 = _save(server, "Case_001", second)  # saved again: recorded, nothing changed
+    assert status == 200 and entry3["voxels_changed"] == 0
+    labels = json.loads(_get(server_factory(d), "/api/cases/Case_001")[1])["labels"]
+    assert labels["saved_at"] == entry3["saved_at"] and "recorded" not in labels
+
+
+def test_an_unreadable_edit_record_is_refused_not_overwritten(tmp_path, server_factory) -> None:
+    d, _ = make_case(tmp_path)
+    record = d / "Case_001_corrected.json"
+    record.write_text('{"case": "Case_001", "saves": [{"saved_at": "2026-01-01T00:00:00Z"')
+    server = server_factory(d)
+    status, body = _save(server, "Case_001", _ras_labels(server, "Case_001"))
+    assert status == 422 and "edit record Case_001_corrected.json is unreadable" in body["error"]
+    assert record.read_text().endswith('"2026-01-01T00:00:00Z"')  # its entries kept
+    assert not (d / "Case_001_corrected.nii.gz").exists()

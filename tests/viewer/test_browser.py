@@ -271,6 +271,37 @@ def test_plain_orient_pass_is_niivues(tmp_path, server_factory, browser, dtype) 
     assert page.evaluate("tm.state.error") is None and page.tm_errors == []
 
 
+#: The fields NiiVue's calMinMax sets, after viewer.js's version and after NiiVue's own.
+_CAL_MIN_MAX = """(() => {
+  const v = tm.nv.volumes[0], keys = ["cal_min", "cal_max", "robust_min", "robust_max",
+    "global_min", "global_max"];
+  const runs = tm.state.fastCalMinMaxRuns;
+  const fast = [v.calMinMax(), keys.map((k) => v[k])];
+  const fastRan = tm.state.fastCalMinMaxRuns === runs + 1;
+  const own = [tm.state.niivueCalMinMax.call(v), keys.map((k) => v[k])];
+  return { fast, own, fastRan };
+})()"""
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8])
+def test_fast_cal_min_max_is_niivues(tmp_path, server_factory, browser, dtype) -> None:
+    """viewer.js's calMinMax (the central box only, for a trusted header window) sets and
+    returns what NiiVue's own does, with zeros counted or ignored, on an odd-sized grid."""
+    d, _ = make_case(tmp_path, dtype=dtype, shape=(41, 47, 33))
+    page = open_viewer(browser, server_factory(d))
+    assert page.evaluate("tm.state.fastCalMinMax") is True
+    assert page.evaluate("tm.state.fastCalMinMaxRuns") >= 1  # the image opened through it
+    for ignore_zeros in ("false", "true"):
+        page.evaluate(f"tm.nv.volumes[0].ignoreZeroVoxels = {ignore_zeros}; 0")
+        got = page.evaluate(_CAL_MIN_MAX)
+        assert got["fastRan"] and got["fast"] == got["own"], (ignore_zeros, got)
+        assert got["fast"][1][4] < got["fast"][1][5]  # a range, not a constant
+    page.evaluate("tm.nv.volumes[0].hdr.cal_max = tm.nv.volumes[0].hdr.cal_min; 0")
+    got = page.evaluate(_CAL_MIN_MAX)  # no trusted window: NiiVue's own, untouched
+    assert not got["fastRan"] and got["fast"] == got["own"]
+    assert page.evaluate("tm.state.error") is None and page.tm_errors == []
+
+
 def test_opens_the_case_the_server_names_unless_the_url_does(
     tmp_path, server_factory, browser
 ) -> None:

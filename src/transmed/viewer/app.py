@@ -29,7 +29,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from transmed.data.labels import MODALITIES
 from transmed.viewer import saving
-from transmed.viewer.sources import Catalogue, ViewerError, correction_paths, inside
+from transmed.viewer.sources import (
+    Catalogue,
+    ViewerError,
+    correction_paths,
+    inside,
+    record_path_of,
+)
 from transmed.viewer.volumes import (
     Encoded,
     LoadedCase,
@@ -298,6 +304,9 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
 
         try:
             entry = await run_in_threadpool(work)
+        except saving.SaveFailed as exc:  # the page shows the message: what is on disk
+            log.error("case %s: %s", cid, exc, exc_info=exc.__cause__)
+            return _error(exc, 500)
         except ViewerError as exc:
             return _error(exc)
         log.info("case %s: correction saved (%d voxels changed)", cid, entry["voxels_changed"])
@@ -312,8 +321,8 @@ def build_app(cat: Catalogue, *, token: str, hosts: list[str] | None = None,
             case = item.case
             if case.job_id is None:
                 raise ViewerError("only studies received by transmed serve can be sent back")
-            _, seg_path = saving.target_paths(item, cat.root)
-            record = saving._read_record(seg_path.with_suffix(".json"))  # type: ignore[union-attr]
+            nifti_path, seg_path = saving.target_paths(item, cat.root)
+            record = saving._read_record(record_path_of(nifti_path))
             last = (record.get("saves") or [{}])[-1]
             if not last.get("seg_sop_instance_uid") or seg_path is None:
                 raise ViewerError("save the correction first")

@@ -138,6 +138,11 @@ def corrected_path(prediction: Path) -> Path:
     return prediction.parent / f"{stem}{CORRECTED}.nii.gz"
 
 
+def record_path_of(corrected: Path) -> Path:
+    """``X_corrected.nii.gz`` → ``X_corrected.json``: the edit record of a saved correction."""
+    return corrected.parent / corrected.name.replace(".nii.gz", ".json")
+
+
 def correction_paths(case: ViewCase, root: Path) -> tuple[Path, Path | None]:
     """(corrected label map, corrected SEG or None) of ``case`` in the viewed folder ``root``:
     where a save writes them and where opening the case looks for the latest correction."""

@@ -41,9 +41,10 @@ import numpy as np
 from nibabel.orientations import apply_orientation
 
 from transmed.data.labels import CLASS_NAMES, REGIONS, LabelConvention
+from transmed.io.hashing import file_sha256
 from transmed.io.nifti import DEFAULT_MAX_VOXELS, Volume, check_nifti_header, load_volume
 from transmed.transforms import spatial
-from transmed.viewer.sources import ViewCase, ViewerError
+from transmed.viewer.sources import ViewCase, ViewerError, record_path_of
 
 #: Largest distance (mm) between two affines' entries that still counts as the same grid.
 GRID_ATOL_MM = 1e-3
@@ -81,7 +82,8 @@ class LoadedCase:
     dicom: Any = None  # (DicomStudy, reference DicomSeries) for a DICOM case
     original: np.ndarray | None = None  # the prediction's internal labels (None: ``internal``)
     #: what ``internal`` holds: ``shown`` prediction | correction | empty (nothing predicted),
-    #: ``file`` its name, ``saved_at`` (a correction) when it was saved (UTC, ISO 8601)
+    #: ``file`` its name, ``saved_at`` (a correction) when it was saved (UTC, ISO 8601),
+    #: ``recorded`` False when the edit record does not describe that file (its mtime then)
     labels_from: dict[str, Any] = field(default_factory=dict)
     _volumes: dict[str, Any] = field(default_factory=dict)  # DICOM: modality -> Volume
     _encoded: dict[str, Encoded] = field(default_factory=dict)  # key -> bytes served
@@ -310,17 +312,23 @@ def _load_dicom(case: ViewCase, max_voxels: int) -> LoadedCase:
                       labels_from=shown)  # fmt: skip
 
 
-def saved_at(corrected: Path) -> str:
-    """When ``corrected`` was saved: its edit record's last entry for it, else its mtime."""
-    record = corrected.parent / corrected.name.replace(".nii.gz", ".json")
+def recorded_save(corrected: Path) -> dict[str, Any]:
+    """When ``corrected`` was saved: ``{"saved_at"}`` from its edit record's last entry when
+    that entry describes this file (its name and, when recorded, its SHA-256), else the
+    file's mtime with ``"recorded": False`` (a save whose record could not be written, or a
+    file put there by hand): the record's time is never shown for another file."""
+    record = record_path_of(corrected)
     try:
         saves = json.loads(record.read_text("utf-8")).get("saves") or []
         last = saves[-1] if isinstance(saves, list) and isinstance(saves[-1], dict) else {}
     except (OSError, ValueError, AttributeError, IndexError):
         last = {}
     if last.get("corrected") == corrected.name and isinstance(last.get("saved_at"), str):
-        return last["saved_at"]
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(corrected.stat().st_mtime))
+        digest = last.get("sha256")  # absent in records written before it was kept
+        if digest is None or digest == file_sha256(corrected):
+            return {"saved_at": last["saved_at"]}
+    mtime = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(corrected.stat().st_mtime))
+    return {"saved_at": mtime, "recorded": False}
 
 
 def _with_correction(loaded: LoadedCase, corrected: Path, max_voxels: int) -> LoadedCase:
@@ -343,7 +351,7 @@ def _with_correction(loaded: LoadedCase, corrected: Path, max_voxels: int) -> Lo
         raise ViewerError(f"saved correction {exc}{aside}") from None
     # ``original`` keeps the prediction's labels (set when the case was built)
     loaded.set_labels(internal, vol.data if loaded.file_values is not None else None,
-                      {"shown": "correction", "file": name, "saved_at": saved_at(corrected),
+                      {"shown": "correction", "file": name, **recorded_save(corrected),
                        "prediction": loaded.labels_from.get("file")})  # fmt: skip
     return loaded
 
