@@ -131,6 +131,7 @@ def main() -> None:
         names = {tta: f"{name}+lr" if tta and args.tta == "both" else name for tta in variants}
         scores = {tta: {} for tta in variants}
         false_et: dict[bool, dict[str, int]] = {tta: {} for tta in variants}
+        false_et_ml: dict[bool, dict[str, float]] = {tta: {} for tta in variants}
         for p in paths:
             image, label = load_arrays(p)
             ref = labels_to_regions(label)
@@ -162,16 +163,19 @@ def main() -> None:
                                 float(dice(reg[i], ref[i])) for i in range(3)]
                             if not ref[2].any() and reg[2].any():
                                 false_et[tta][key] = false_et[tta].get(key, 0) + 1
+                                false_et_ml[tta][key] = false_et_ml[tta].get(key, 0.0) + float(
+                                    reg[2].sum() * 1.5**3 / 1000.0)  # 1.5 mm grid, ml
             print(name, p.stem, flush=True)
         for tta in variants:
             out["models"][names[tta]] = str(path) + (" (left-right mirroring TTA)" if tta else "")
             out["scores"][names[tta]] = scores[tta]
             out.setdefault("false_et_cases", {})[names[tta]] = false_et[tta]
+            out.setdefault("false_et_ml", {})[names[tta]] = false_et_ml[tta]
             out["selected"][names[tta]] = select(scores[tta])
     free = set(out["tumour_free"])
     rows = ["| model | min component mm³ / ET min mm³ / coreless WT margin mm | WT | TC | ET "
-            "| mean | mean, tumour | mean, tumour-free | cases with false ET |",
-            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "| mean | mean, tumour | mean, tumour-free | cases with false ET | false ET ml |",
+            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, scores in out["scores"].items():
         for key, per_case in scores.items():
             a = np.array(list(per_case.values()))
@@ -182,7 +186,8 @@ def main() -> None:
                         + f" | {a.mean():.4f} | {t.mean() if t.size else float('nan'):.4f} | "
                         f"{f.mean() if f.size else float('nan'):.4f} | "
                         f"{out['false_et_cases'][name].get(key, 0)} of "
-                        f"{len(out['without_et'])} |")  # fmt: skip
+                        f"{len(out['without_et'])} | "
+                        f"{out['false_et_ml'][name].get(key, 0.0):.2f} |")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"{args.name}.json", json.dumps(out, indent=1) + "\n")
     md = ["# Post-processing: Dice against the clean-up settings", "",

@@ -206,3 +206,33 @@ def test_tumour_free_patches_have_empty_targets(pool: LabelMapPool) -> None:
     assert a[2]["tumour_erased"] is False
     with pytest.raises(ValueError, match="tumour_free_prob"):
         GeneratorConfig(tumour_free_prob=-0.1)
+
+
+def _lookalike_at_centre(fine: np.ndarray) -> bool:
+    """A bright normal structure or the brain's edge within 2 voxels of the patch centre."""
+    c = [n // 2 for n in fine.shape]
+    w = fine[c[0] - 2 : c[0] + 2, c[1] - 2 : c[1] + 2, c[2] - 2 : c[2] + 2]
+    return bool((w == 8).any() or ((w > 0).any() and (w == 0).any()))
+
+
+def test_hard_negative_patches_centre_on_tumour_lookalikes(pool: LabelMapPool) -> None:
+    lm = pool.get(0)
+    bright, shell = lm.lookalike_voxels_half()
+    half = lm.fine[::2, ::2, ::2]
+    assert bright.size and shell.size
+    assert (half.ravel()[bright] == 8).all() and (half.ravel()[shell] == 0).all()
+    assert (lm.dist[::2, ::2, ::2].ravel()[shell] <= 4.0).all()
+    hits = {}
+    for prob in (0.0, 1.0):
+        cfg = GeneratorConfig(patch_size=PATCH, foreground_prob=0.0, hard_negative_prob=prob)
+        draws = [draw_sample(lm, np.random.default_rng(i), cfg) for i in range(30)]
+        assert all(d[2]["hard_negative"] is (prob == 1.0) for d in draws)
+        hits[prob] = np.mean([_lookalike_at_centre(d[1]) for d in draws])
+    assert hits[1.0] >= 0.9 and hits[0.0] <= 0.6  # measured: 0.97 and 0.37
+    # 0 (the default) draws nothing extra: earlier runs' samples are unchanged
+    a = draw_sample(lm, np.random.default_rng(7), GeneratorConfig(patch_size=PATCH))
+    cfg0 = GeneratorConfig(patch_size=PATCH, hard_negative_prob=0.0)
+    b = draw_sample(lm, np.random.default_rng(7), cfg0)
+    assert np.array_equal(a[0], b[0])
+    with pytest.raises(ValueError, match="hard_negative_prob"):
+        GeneratorConfig(hard_negative_prob=1.5)

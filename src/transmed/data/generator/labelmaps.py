@@ -27,6 +27,8 @@ VARIED = SynthConfig(tumour_free_prob=0.05, multifocal_prob=0.15, tumour_style="
 #: Voxels of padding on each side (array axes), room for skull and scalp (~20 mm at 1.5 mm).
 PAD_MM = 21.0
 MAX_DIST_MM = 40.0
+#: Thickness (mm) of the shell outside the brain that hard-negative patches centre on.
+LOOKALIKE_SHELL_MM = 4.0
 
 
 @dataclass
@@ -44,6 +46,21 @@ class LabelMap:
         self.tumour_voxels = np.flatnonzero((self.fine >= 4) & (self.fine <= 7))
         #: flat indices of brain voxels on the every-other-voxel grid, for other patches
         self.brain_voxels_half = np.flatnonzero(self.fine[::2, ::2, ::2])
+        self._lookalike: tuple[np.ndarray, np.ndarray] | None = None
+
+    def lookalike_voxels_half(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat indices, on the every-other-voxel grid, of where normal anatomy looks most
+        like tumour: the bright normal structures inside the brain (vessels, choroid plexus;
+        fine class 8) and the shell within ``LOOKALIKE_SHELL_MM`` outside the brain (meninges,
+        where dura, sinuses and cortical veins enhance; the skull base). Computed on first
+        use (hard-negative patches, ``GeneratorConfig.hard_negative_prob``)."""
+        if self._lookalike is None:
+            fine = self.fine[::2, ::2, ::2]
+            dist = self.dist[::2, ::2, ::2]
+            bright = np.flatnonzero(fine == 8)
+            shell = np.flatnonzero((fine == 0) & (dist > 0) & (dist <= LOOKALIKE_SHELL_MM))
+            self._lookalike = (bright, shell)
+        return self._lookalike
 
 
 def labelmap_shape(spacing: float) -> tuple[int, int, int]:

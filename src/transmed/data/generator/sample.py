@@ -2,7 +2,9 @@
 
 Steps (all parameters drawn from ``rng``, recorded in the returned ``info``):
 
-1. **geometry**: a patch centred on tumour (``foreground_prob``) or anywhere in the brain, with
+1. **geometry**: a patch centred on tumour (``foreground_prob``), on a tumour look-alike
+   (``hard_negative_prob``: bright normal structures, meninges, skull base) or anywhere in the
+   brain, with
    a random rotation (±``rotation_deg`` about each axis) and scale; fine labels are sampled by
    nearest neighbour, the distance from the brain trilinearly; the array is put in RAS order
    (the maps are L, P, S) and mirrored left-right half of the time;
@@ -76,10 +78,16 @@ class GeneratorConfig:
     #: with no tumour, so that normal bright structures are seen without a tumour beside them.
     #: 0 keeps the draws of runs made before the option existed (no extra random draw).
     tumour_free_prob: float = 0.0
+    #: patches not centred on tumour that are centred instead where normal anatomy looks
+    #: most like tumour (half on bright normal structures inside the brain, half on the
+    #: meningeal shell and skull base; ``LabelMap.lookalike_voxels_half``): hard negatives.
+    #: 0 keeps the draws of runs made before the option existed (no extra random draw).
+    hard_negative_prob: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("foreground_prob", "skull_prob", "random_contrast_prob", "thick_slice_prob",
-                     "lowres_prob", "dropout_prob", "tumour_free_prob"):  # fmt: skip
+                     "lowres_prob", "dropout_prob", "tumour_free_prob",
+                     "hard_negative_prob"):  # fmt: skip
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"GeneratorConfig.{name} must be in [0, 1], got {v}")
@@ -329,7 +337,7 @@ def draw_sample(
     shape = np.asarray(lm.fine.shape)
     p = _draw_params(rng, cfg)
     flip_lr = bool(rng.uniform() < 0.5)
-    erased = False
+    erased = hard_negative = False
     if whole:
         fine = lm.fine
         dist = lm.dist
@@ -342,10 +350,15 @@ def draw_sample(
             centre = np.asarray(np.unravel_index(tumour[rng.integers(tumour.size)], lm.fine.shape),
                                 dtype=np.float64)  # fmt: skip
         else:
-            brain = lm.brain_voxels_half
+            brain, jitter = lm.brain_voxels_half, 6.0
+            if cfg.hard_negative_prob > 0 and rng.uniform() < cfg.hard_negative_prob:
+                bright, shell = lm.lookalike_voxels_half()
+                pool = bright if bright.size and (rng.uniform() < 0.5 or not shell.size) else shell
+                if pool.size:  # the look-alike itself at the centre (±1 voxel off the grid)
+                    brain, jitter, hard_negative = pool, 1.0, True
             half = tuple((int(n) + 1) // 2 for n in shape)
             pick = np.unravel_index(brain[rng.integers(brain.size)], half)
-            centre = np.asarray(pick, dtype=np.float64) * 2 + rng.normal(0.0, 6.0, 3)
+            centre = np.asarray(pick, dtype=np.float64) * 2 + rng.normal(0.0, jitter, 3)
         angles = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, 3)
         scale = rng.uniform(*cfg.scale) * rng.uniform(0.95, 1.05, 3)
         grid = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in patch], indexing="ij"))
@@ -411,6 +424,7 @@ def draw_sample(
         "key": list(lm.key), "skull_on": p["skull_on"], "contrast_kind": p["contrast_kind"],
         "resolution": [list(r) for r in p["resolution"]], "dropped": list(p["dropped"]),
         "extraction_mm": p["extraction_mm"], "flip_lr": flip_lr, "tumour_erased": erased,
+        "hard_negative": hard_negative,
         "zscore_mean": [round(float(v), 5) for v in mean],
         "zscore_std": [round(float(v), 5) for v in std],
     }  # fmt: skip
