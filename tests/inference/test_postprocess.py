@@ -108,10 +108,38 @@ def test_drop_coreless_wt_in_postprocess_and_off_by_default():
 
 @pytest.mark.parametrize("kwargs", [{"min_component_mm3": -1}, {"et_min_mm3": float("nan")},
                                     {"core_margin_mm": -2.0}, {"core_margin_mm": True},
-                                    {"drop_coreless_wt": 1.0}])
+                                    {"drop_coreless_wt": 1.0}, {"et_min_mean_prob": 1.0},
+                                    {"et_min_mean_prob": -0.1}])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         PostprocessConfig(**kwargs)
+
+
+def test_unsure_et_components_become_necrosis_by_mean_probability():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:28, 2:28, 2:28] = 2  # oedema around both cores
+    labels[4:10, 4:10, 4:10] = 3  # ET component A (216 voxels)
+    labels[18:24, 18:24, 18:24] = 3  # ET component B
+    prob = np.zeros(labels.shape, np.float32)
+    prob[4:10, 4:10, 4:10] = 0.85  # A: sure nowhere but one voxel
+    prob[4, 4, 4] = 1.0  # a peak of 1 does not save it: the mean is what counts
+    prob[18:24, 18:24, 18:24] = 0.95  # B: sure
+    cfg = PostprocessConfig(min_component_mm3=0, et_min_mean_prob=0.9)
+    out = postprocess_labels(labels, (1, 1, 1), cfg, et_probability=prob)
+    assert (out[4:10, 4:10, 4:10] == 1).all()  # A: necrosis (still tumour core)
+    assert (out[18:24, 18:24, 18:24] == 3).all()  # B kept
+    assert (out[labels == 2] == 2).all()
+    assert (labels[4:10, 4:10, 4:10] == 3).all()  # input untouched
+    # A: 215 voxels at 0.85 and one at 1.0, mean 0.8507: kept by a cut at 0.85
+    keep = postprocess_labels(labels, (1, 1, 1), PostprocessConfig(0, et_min_mean_prob=0.85),
+                              et_probability=prob)  # fmt: skip
+    assert (keep[4:10, 4:10, 4:10] == 3).all()
+    # off by default, and a config that needs the probabilities refuses to run without them
+    assert (postprocess_labels(labels, (1, 1, 1), PostprocessConfig(0)) == labels).all()
+    with pytest.raises(ValueError, match="ET probabilities"):
+        postprocess_labels(labels, (1, 1, 1), cfg)
+    with pytest.raises(ValueError, match="ET probabilities"):
+        postprocess_labels(labels, (1, 1, 1), cfg, et_probability=prob[:-1])
 
 
 def test_bad_input():
@@ -190,3 +218,15 @@ def test_predict_cli_merges_options_with_the_recommendation(tmp_path, monkeypatc
     bad = runner.invoke(app, ["predict", "-m", str(path), *files, "-o", str(tmp_path / "o4"),
                               "--coreless-wt", "maybe"])  # fmt: skip
     assert bad.exit_code != 0 and "keep or drop" in bad.output and len(seen) == 3
+    # the ET-confidence step: from the option, and from the checkpoint when no option is given
+    # (the CLI rebuilds the config field by field: a field it forgets is silently dropped)
+    runner.invoke(app, ["predict", "-m", str(path), *files, "-o", str(tmp_path / "o5"),
+                        "--et-min-mean-prob", "0.8"])  # fmt: skip
+    ck["postprocess"] = {"min_component_mm3": 250.0, "et_min_mean_prob": 0.9}
+    torch.save(ck, tmp_path / "m2.pt")
+    runner.invoke(app, ["predict", "-m", str(tmp_path / "m2.pt"), *files, "-o",
+                        str(tmp_path / "o6")])  # fmt: skip
+    runner.invoke(app, ["predict", "-m", str(tmp_path / "m2.pt"), *files, "-o",
+                        str(tmp_path / "o7"), "--et-min-mean-prob", "0"])  # fmt: skip
+    assert seen[3:] == [PostprocessConfig(250.0, et_min_mean_prob=0.8),
+                        PostprocessConfig(250.0, et_min_mean_prob=0.9), PostprocessConfig(250.0)]

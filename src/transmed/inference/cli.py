@@ -97,6 +97,11 @@ def predict_cmd(
         None, "--core-margin-mm", min=0.0,
         help="With --coreless-wt drop: how far oedema may lie from its core [the model's, else 0].",
     ),  # fmt: skip
+    et_min_mean_prob: float = typer.Option(
+        None, "--et-min-mean-prob", min=0.0, max=0.999,
+        help="ET components whose mean ET probability is below this become necrosis "
+        "(0 = off) [the model's, else 0].",
+    ),  # fmt: skip
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = PyTorch default)."),
@@ -212,6 +217,8 @@ def _predict(**opts: object) -> None:
         base.et_min_mm3 if opts["et_min"] is None else float(opts["et_min"]),
         base.drop_coreless_wt if coreless is None else coreless == "drop",
         base.core_margin_mm if opts["core_margin"] is None else float(opts["core_margin"]),
+        base.et_min_mean_prob if opts["et_min_mean_prob"] is None
+        else float(opts["et_min_mean_prob"]),
     )  # fmt: skip
     load_s = time.perf_counter() - t0
     _clinical_options(predictor, opts)

@@ -48,15 +48,23 @@ class PostprocessConfig:
         core_margin_mm: how far (mm, Euclidean on the grid's spacing) a WT component may lie
             from the nearest core voxel and still count as that core's oedema. 0: it must
             contain core.
+        et_min_mean_prob: ET components whose mean ET probability is below this become
+            necrosis (needs the probabilities: ``postprocess_labels(et_probability=...)``).
+            0 disables (the default). The network's peak ET probability is near 1 in false and
+            true ET alike; its mean over a false component is often lower
+            (``benchmarks/et_component_confidence.py``).
     """
 
     min_component_mm3: float = 20.0
     et_min_mm3: float = 0.0
     drop_coreless_wt: bool = False
     core_margin_mm: float = 0.0
+    et_min_mean_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("min_component_mm3", "et_min_mm3", "core_margin_mm"):
+        if not 0.0 <= float(self.et_min_mean_prob) < 1.0:
+            raise ValueError(f"et_min_mean_prob must be in [0, 1), got {self.et_min_mean_prob!r}")
+        for name in ("min_component_mm3", "et_min_mm3", "core_margin_mm", "et_min_mean_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
                     or not np.isfinite(value) or value < 0:  # fmt: skip
@@ -67,7 +75,8 @@ class PostprocessConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.min_component_mm3 > 0 or self.et_min_mm3 > 0 or bool(self.drop_coreless_wt)
+        return (self.min_component_mm3 > 0 or self.et_min_mm3 > 0
+                or bool(self.drop_coreless_wt) or self.et_min_mean_prob > 0)  # fmt: skip
 
 
 def small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
@@ -109,12 +118,32 @@ def coreless_components(labels: np.ndarray, spacing_mm: Sequence[float],
     return out
 
 
+def unsure_et_components(labels: np.ndarray, et_probability: np.ndarray,
+                         min_mean: float) -> np.ndarray:  # fmt: skip
+    """Boolean mask of the 26-connected ET components of internal ``labels`` whose mean
+    ``et_probability`` (same grid) is below ``min_mean``."""
+    et = labels == 3
+    out = np.zeros(labels.shape, dtype=bool)
+    if min_mean <= 0 or not et.any():
+        return out
+    components, n = ndimage.label(et, structure=_STRUCTURE)
+    sums = np.bincount(components.ravel(), weights=et_probability.ravel(), minlength=n + 1)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    unsure = sums / np.maximum(sizes, 1) < min_mean
+    unsure[0] = False  # background
+    out[:] = unsure[components]
+    return out
+
+
 def postprocess_labels(
-    labels: np.ndarray, spacing_mm: Sequence[float], config: PostprocessConfig | None = None
-) -> np.ndarray:
+    labels: np.ndarray, spacing_mm: Sequence[float], config: PostprocessConfig | None = None,
+    et_probability: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
     """Clean internal labels ``(X, Y, Z)`` on a grid of voxel size ``spacing_mm``; see module.
 
-    Returns a new array; the input is not modified. The result is nested by construction.
+    ``et_probability`` (``(X, Y, Z)``, the ET channel's probabilities on the same grid) is
+    needed only by ``config.et_min_mean_prob``. Returns a new array; the input is not
+    modified. The result is nested by construction.
     """
     config = config or PostprocessConfig()
     labels = np.asarray(labels)
@@ -132,6 +161,12 @@ def postprocess_labels(
     out[small_components(out > 0, min_voxels)] = 0  # WT specks → background
     out[small_components((out == 1) | (out == 3), min_voxels)] = 2  # TC specks → oedema
     out[small_components(out == 3, min_voxels)] = 1  # ET specks → necrosis
+    if config.et_min_mean_prob > 0:
+        if et_probability is None or np.shape(et_probability) != labels.shape:
+            got = None if et_probability is None else np.shape(et_probability)
+            raise ValueError("et_min_mean_prob needs the ET probabilities on the labels' grid "
+                             f"({labels.shape}), got {got}")  # fmt: skip
+        out[unsure_et_components(out, np.asarray(et_probability), config.et_min_mean_prob)] = 1
     if config.et_min_mm3 > 0 and 0 < np.count_nonzero(out == 3) * voxel_mm3 < config.et_min_mm3:
         out[out == 3] = 1
     if config.drop_coreless_wt:  # last: a core demoted to oedema above is no core any more

@@ -297,7 +297,8 @@ class Predictor:
     def _labels(self, probs: np.ndarray, spacing: np.ndarray) -> np.ndarray:
         labels = regions_to_labels(probs > self.threshold)  # nested: ET ⊆ TC ⊆ WT
         if self.postprocess is not None:
-            labels = postprocess_labels(labels, spacing, self.postprocess)
+            labels = postprocess_labels(labels, spacing, self.postprocess,
+                                        et_probability=probs[2])  # fmt: skip
         return labels
 
     def prepare(
