@@ -212,14 +212,16 @@ def _predict(**opts: object) -> None:
     coreless = opts["coreless_wt"]
     if coreless is not None and coreless not in ("keep", "drop"):
         raise typer.BadParameter(f"--coreless-wt: expected keep or drop, got {coreless!r}")
-    predictor.postprocess = PostprocessConfig(
-        base.min_component_mm3 if opts["min_component"] is None else float(opts["min_component"]),
-        base.et_min_mm3 if opts["et_min"] is None else float(opts["et_min"]),
-        base.drop_coreless_wt if coreless is None else coreless == "drop",
-        base.core_margin_mm if opts["core_margin"] is None else float(opts["core_margin"]),
-        base.et_min_mean_prob if opts["et_min_mean_prob"] is None
-        else float(opts["et_min_mean_prob"]),
-    )  # fmt: skip
+    given = {field: float(opts[opt]) for opt, field in (
+        ("min_component", "min_component_mm3"), ("et_min", "et_min_mm3"),
+        ("core_margin", "core_margin_mm"), ("et_min_mean_prob", "et_min_mean_prob"),
+    ) if opts[opt] is not None}  # fmt: skip
+    if coreless is not None:
+        given["drop_coreless_wt"] = coreless == "drop"
+    # only the options given replace the recommendation: a field no option names is kept
+    import dataclasses
+
+    predictor.postprocess = dataclasses.replace(base, **given)
     load_s = time.perf_counter() - t0
     _clinical_options(predictor, opts)
     output = Path(opts["output"])
