@@ -120,8 +120,10 @@ Review and correct it in the browser: <code>{html.escape(view_cmd)}</code></p>
 </body></html>"""
 
 
-def run_example(out: Path, model: str | None = None, extra_args: list[str] | None = None) -> dict:
-    """Predict the example examination into ``out`` and write the overlay and the page."""
+def run_example(out: Path, model: str | None = None, extra_args: list[str] | None = None,
+                model_label: str = "shipped generalist model") -> dict:
+    """Predict the example examination into ``out`` and write the overlay and the page
+    (``model_label`` names the model in the overlay's title)."""
     from transmed.cli import app
     from transmed.io.atomic import atomic_write_text
 
@@ -142,7 +144,7 @@ def run_example(out: Path, model: str | None = None, extra_args: list[str] | Non
     flair_label = next(iter(sorted(pred.glob(f"{CASE}*flair*.nii.gz"))), None)
     png = overlay_figure(src / f"{CASE}_t1c.nii.gz", src / f"{CASE}_flair.nii.gz", label,
                          flair_label, out / f"{CASE}_overlay.png",
-                         f"{CASE}: shipped generalist model, native grids "
+                         f"{CASE}: {model_label}, native grids "
                          "(red NCR/NET, blue oedema, yellow ET)")  # fmt: skip
     prov_files = sorted(pred.glob(f"{CASE}*provenance*.json")) + sorted(pred.glob("*.json"))
     provenance = json.loads(prov_files[0].read_text()) if prov_files else None

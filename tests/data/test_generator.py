@@ -236,3 +236,21 @@ def test_hard_negative_patches_centre_on_tumour_lookalikes(pool: LabelMapPool) -
     assert np.array_equal(a[0], b[0])
     with pytest.raises(ValueError, match="hard_negative_prob"):
         GeneratorConfig(hard_negative_prob=1.5)
+
+
+def test_dura_prob_sets_how_many_heads_have_enhancing_dura() -> None:
+    """``dura_prob`` decides the heads with a "bright" meningeal layer: none at 0 (stage 1's
+    heads, for a baseline with stage 1's recipe), every head at 1, and about 70 % by default
+    (the value every stage since stage 2 drew)."""
+    from transmed.data.generator import sample as smp
+
+    def share(**kw: float) -> float:
+        cfg = GeneratorConfig(patch_size=PATCH, **kw)
+        draws = [smp._draw_params(sample_rng(9, 0, i), cfg)["layers"]["dura"] for i in range(200)]
+        return float(np.mean(np.isfinite(draws)))
+
+    assert share(dura_prob=0.0) == 0.0
+    assert share(dura_prob=1.0) == 1.0
+    assert 0.6 < share() < 0.8
+    with pytest.raises(ValueError, match="dura_prob"):
+        GeneratorConfig(dura_prob=1.2)

@@ -83,11 +83,15 @@ class GeneratorConfig:
     #: meningeal shell and skull base; ``LabelMap.lookalike_voxels_half``): hard negatives.
     #: 0 keeps the draws of runs made before the option existed (no extra random draw).
     hard_negative_prob: float = 0.0
+    #: heads whose meningeal layer has patches of the "bright" class (enhancing dura, dural
+    #: sinuses, cortical veins; added in stage 2). 0 gives stage 1's heads (for a baseline
+    #: trained with stage 1's recipe); the default 0.7 keeps the draws of every later stage.
+    dura_prob: float = 0.7
 
     def __post_init__(self) -> None:
         for name in ("foreground_prob", "skull_prob", "random_contrast_prob", "thick_slice_prob",
                      "lowres_prob", "dropout_prob", "tumour_free_prob",
-                     "hard_negative_prob"):  # fmt: skip
+                     "hard_negative_prob", "dura_prob"):  # fmt: skip
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"GeneratorConfig.{name} must be in [0, 1], got {v}")
@@ -201,7 +205,8 @@ def _draw_params(rng: np.random.Generator, cfg: GeneratorConfig) -> dict[str, An
                    "fat": float(rng.uniform(0.5, 5.0)), "scalp": float(rng.uniform(2.0, 6.0)),
                    "marrow": marrow, "marrow_lo": lo,
                    "marrow_hi": lo + float(rng.uniform(0.2, 0.4)),
-                   "dura": float(rng.uniform(0.05, 0.6)) if rng.uniform() < 0.7 else np.inf},
+                   "dura": float(rng.uniform(0.05, 0.6))
+                   if rng.uniform() < cfg.dura_prob else np.inf},
         "layer_noise": float(rng.uniform(0.1, 0.35)),
         "coarse": rng.standard_normal((5, _COARSE, _COARSE, _COARSE)).astype(np.float32),
         "bias": rng.uniform(0.0, cfg.bias_max, 4).astype(np.float32),
