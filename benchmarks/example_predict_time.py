@@ -29,13 +29,10 @@ from transmed.io.atomic import atomic_write_text
 
 def predict_once(model: str, out: Path, extra: list[str]) -> float:
     """Seconds for one `transmed predict` of the example examination into ``out``."""
-    from transmed.demo_example import CASE, FILES, example_dir
+    from transmed.demo_example import predict_args
 
-    src = example_dir()
-    cmd = [sys.executable, "-m", "transmed.cli", "predict", "--case-id", CASE, "-o", str(out),
-           "--quiet", "--overwrite", "-m", model, *extra]  # fmt: skip
-    for mod, suffix in FILES.items():
-        cmd += [f"--{mod}", str(src / f"{CASE}_{suffix}.nii.gz")]
+    cmd = [sys.executable, "-m", "transmed.cli", *predict_args(out, model), "--quiet",
+           "--overwrite", *extra]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - t0

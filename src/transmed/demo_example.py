@@ -120,6 +120,16 @@ Review and correct it in the browser: <code>{html.escape(view_cmd)}</code></p>
 </body></html>"""
 
 
+def predict_args(pred: Path, model: str | None = None) -> list[str]:
+    """``transmed predict`` arguments for the example's four native series into ``pred``
+    (the shipped model unless ``model`` is given)."""
+    src = example_dir()
+    args = ["predict", "--case-id", CASE, "-o", str(pred)]
+    for mod, suffix in FILES.items():
+        args += [f"--{mod}", str(src / f"{CASE}_{suffix}.nii.gz")]
+    return args + (["-m", model] if model else [])
+
+
 def run_example(out: Path, model: str | None = None, extra_args: list[str] | None = None,
                 model_label: str = "shipped generalist model") -> dict:
     """Predict the example examination into ``out`` and write the overlay and the page
@@ -130,11 +140,7 @@ def run_example(out: Path, model: str | None = None, extra_args: list[str] | Non
     src = example_dir()
     out = Path(out)
     pred = out / "prediction"
-    args = ["predict", "--case-id", CASE, "-o", str(pred), "--all-grids"]
-    for mod, suffix in FILES.items():
-        args += [f"--{mod}", str(src / f"{CASE}_{suffix}.nii.gz")]
-    if model:
-        args += ["-m", model]
+    args = predict_args(pred, model) + ["--all-grids"]
     if (pred / f"{CASE}.nii.gz").exists():
         args.append("--overwrite")
     t0 = time.perf_counter()

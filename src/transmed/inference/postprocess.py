@@ -123,16 +123,14 @@ def unsure_et_components(labels: np.ndarray, et_probability: np.ndarray,
     """Boolean mask of the 26-connected ET components of internal ``labels`` whose mean
     ``et_probability`` (same grid) is below ``min_mean``."""
     et = labels == 3
-    out = np.zeros(labels.shape, dtype=bool)
     if min_mean <= 0 or not et.any():
-        return out
+        return np.zeros(labels.shape, dtype=bool)
     components, n = ndimage.label(et, structure=_STRUCTURE)
     sums = np.bincount(components.ravel(), weights=et_probability.ravel(), minlength=n + 1)
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     unsure = sums / np.maximum(sizes, 1) < min_mean
     unsure[0] = False  # background
-    out[:] = unsure[components]
-    return out
+    return unsure[components]
 
 
 def postprocess_labels(
