@@ -26,6 +26,8 @@ def test_full_attention_block_matches_explicit_softmax_attention() -> None:
         y = block(x)
         t = x.flatten(2).transpose(1, 2)  # (1, N, C)
         q, k, v = block.qkv(block.norm1(t)).reshape(1, 24, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        q = (q - q.mean(-1, keepdim=True)) / (q.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        k = (k - k.mean(-1, keepdim=True)) / (k.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
         a = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v  # sqrt(head_dim 4) = 2
         t = t + block.proj(a.transpose(1, 2).reshape(1, 24, 8))
         t = t + block.mlp(block.norm2(t))

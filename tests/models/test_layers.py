@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from transmed.models.layers import (
     AxialAttentionBlock3d,
+    AxialSelfAttention,
     DynamicConv3d,
     RelativePositionBias1d,
     set_dynamic_temperature,
@@ -24,6 +25,12 @@ def _reference_axis(attn, x: torch.Tensor, axis: int) -> torch.Tensor:
     heads, d = attn.num_heads, attn.head_dim
     qkv = xm @ attn.qkv.weight.T + attn.qkv.bias
     q, k, v = (t.reshape(*xm.shape[:4], heads, d) for t in qkv.split(c, dim=-1))
+    if isinstance(attn.q_norm, torch.nn.LayerNorm):  # QK-norm, written out
+        q, k = (
+            (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True)
+                                                        + norm.eps) * norm.weight + norm.bias
+            for t, norm in ((q, attn.q_norm), (k, attn.k_norm))
+        )  # fmt: skip
     scores = torch.einsum("bpqihd,bpqjhd->bpqhij", q, k) / math.sqrt(d)
     table = attn.bias.table
     r = attn.bias.max_distance
@@ -41,10 +48,15 @@ def _reference_axis(attn, x: torch.Tensor, axis: int) -> torch.Tensor:
 
 def _reference_block(block: AxialAttentionBlock3d, x: torch.Tensor) -> torch.Tensor:
     t = x.permute(0, 2, 3, 4, 1)
-    h = block.norm1(t)
-    for axis, attn in zip((1, 2, 3), block.attn, strict=False):
-        h = _reference_axis(attn, h, axis)
-    t = t + block.proj(h)
+    if block.layout == "residual":  # a pre-norm residual sub-block per axis
+        for axis in (1, 2, 3):
+            h = _reference_axis(block.attn[axis - 1], block.norms[axis - 1](t), axis)
+            t = t + block.projs[axis - 1](h)
+    else:  # "chained": one norm, the three axes chained, one projection
+        h = block.norm1(t)
+        for axis, attn in zip((1, 2, 3), block.attn, strict=False):
+            h = _reference_axis(attn, h, axis)
+        t = t + block.proj(h)
     t = t + block.mlp(block.norm2(t))
     return t.permute(0, 4, 1, 2, 3)
 
@@ -55,17 +67,19 @@ def _randomise(module: torch.nn.Module) -> None:
             p.copy_(torch.randn_like(p) * 0.3)
 
 
+@pytest.mark.parametrize("layout", ["residual", "chained"])
 @pytest.mark.parametrize("spatial", [(5, 6, 7), (9, 4, 3)])
-def test_axial_block_matches_brute_force(spatial: tuple[int, int, int]) -> None:
-    block = AxialAttentionBlock3d(8, num_heads=2, max_len=4).double()
+def test_axial_block_matches_brute_force(spatial: tuple[int, int, int], layout: str) -> None:
+    block = AxialAttentionBlock3d(8, num_heads=2, max_len=4, layout=layout).double()
     _randomise(block)  # non-trivial biases, including beyond-reach clipping (length > 4)
     x = torch.randn(2, 8, *spatial, dtype=torch.float64)
     torch.testing.assert_close(block(x), _reference_block(block, x), rtol=1e-9, atol=1e-9)
 
 
-def test_axial_block_inference_kernel_matches_brute_force() -> None:
+@pytest.mark.parametrize("layout", ["residual", "chained"])
+def test_axial_block_inference_kernel_matches_brute_force(layout: str) -> None:
     # Without grad torch picks the fused CPU kernel (4D mask); with grad, the math kernel.
-    block = AxialAttentionBlock3d(16, num_heads=4, max_len=6)
+    block = AxialAttentionBlock3d(16, num_heads=4, max_len=6, layout=layout)
     _randomise(block)
     x = torch.randn(1, 16, 9, 7, 8)
     with torch.no_grad():
@@ -85,6 +99,83 @@ def test_each_axis_mixes_only_along_its_axis() -> None:
     y2 = attn(x2, 1)
     changed = (y2 - y).abs().sum(dim=(0, 1, 4)) > 0  # (H, W)
     assert changed[0, 0] and changed.sum() == 1
+
+
+def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
+    """softmax(QKᵀ/√d + B) along D of a (B, D, H, W, C) tensor, as the layer computes it."""
+    captured = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None):
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + attn_mask
+        captured.append(scores.softmax(-1))
+        return real(q, k, v, attn_mask=attn_mask)
+
+    import transmed.models.layers.axial_attention as module
+
+    module.F.scaled_dot_product_attention = spy
+    try:
+        attn(x, 1)
+    finally:
+        module.F.scaled_dot_product_attention = real
+    return captured[0]
+
+
+def test_qk_norm_bounds_the_attention_logits() -> None:
+    # The v1 weights' failure: Q/K weights grown large gave one-hot attention (entropy 0).
+    # With QK-norm the attention pattern does not depend on the Q/K weights' scale; without
+    # it (the chained layout's layers), scaling them ×30 collapses the pattern.
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 3, 3, 16, dtype=torch.float64)
+    for qk_norm, same in ((True, True), (False, False)):
+        attn = AxialSelfAttention(16, num_heads=2, max_distance=7, qk_norm=qk_norm).double()
+        _randomise(attn)
+        before = _attention_weights(attn, x)
+        with torch.no_grad():
+            attn.qkv.weight[:32] *= 30.0  # the Q and K rows
+            attn.qkv.bias[:32] *= 30.0
+        after = _attention_weights(attn, x)
+        assert torch.allclose(before, after, atol=1e-9) is same
+        entropy = -(after * after.clamp_min(1e-30).log()).sum(-1).mean()
+        assert bool(entropy > 0.5) is same  # uniform over 8 keys: 2.08 nats
+
+
+def test_residual_layout_keeps_each_axis_input_normalised() -> None:
+    # In the chained layout the H and W attentions see the previous axis's raw output, so
+    # their scale compounds; in the residual layout each axis sees a layer-normalised input.
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 6, 5, 4)
+    for layout, compounding in (("residual", False), ("chained", True)):
+        block = AxialAttentionBlock3d(16, num_heads=2, max_len=6, layout=layout)
+        with torch.no_grad():
+            for attn in block.attn:
+                attn.qkv.weight[32:] *= 50.0  # large value projections
+        seen: list[torch.Tensor] = []
+
+        def record(module, args, seen=seen):
+            seen.append(args[0].pow(2).mean().sqrt())  # RMS of the axis's input
+
+        for attn in block.attn:
+            attn.register_forward_pre_hook(record)
+        block(x)
+        assert seen[0] < 1.5  # every layout layer-normalises the first axis's input
+        assert bool(max(seen[1:]) > 3.0) is compounding
+
+
+def test_legacy_config_rebuilds_the_chained_layout() -> None:
+    from transmed.models import create_model, create_model_from_config
+
+    new = create_model("transmed_a", features=(8, 16, 32, 32), attention_head_dim=8,
+                       patch_size=32)  # fmt: skip
+    assert new.config["kwargs"]["axial_layout"] == "residual"  # recorded explicitly
+    legacy_config = {"name": "transmed_a", "kwargs": {"features": (8, 16, 32, 32),
+                     "attention_head_dim": 8, "patch_size": 32}}  # fmt: skip
+    legacy = create_model_from_config(legacy_config)  # stored before axial_layout existed
+    blocks = [m for m in legacy.modules() if isinstance(m, AxialAttentionBlock3d)]
+    assert blocks and all(b.layout == "chained" for b in blocks)
+    assert create_model_from_config(new.config).state_dict().keys() == new.state_dict().keys()
+    with pytest.raises(ValueError, match="axial_layout"):
+        create_model("transmed_a", axial_layout="parallel")
 
 
 def test_relative_bias_beyond_training_length_is_clipped() -> None:
@@ -111,6 +202,8 @@ def test_axial_block_bad_arguments() -> None:
         AxialAttentionBlock3d(10, num_heads=4)
     with pytest.raises(ValueError, match="max_len"):
         AxialAttentionBlock3d(8, num_heads=2, max_len=1)
+    with pytest.raises(ValueError, match="layout"):
+        AxialAttentionBlock3d(8, num_heads=2, layout="parallel")
 
 
 @pytest.mark.parametrize("batch", [1, 3])

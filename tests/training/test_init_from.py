@@ -29,6 +29,7 @@ def test_init_from_checkpoint_adopts_model_and_weights(tiny_brats: Path, tmp_pat
     train(tiny_brats, out, cfg, progress=False, evaluate=False)
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"] == "transmed_a" and saved["model_kwargs"]["features"] == [8, 16, 16]
+    assert saved["model_kwargs"]["axial_layout"] == "residual"  # pinned in the run's config
     final = load_checkpoint(out / "checkpoints" / "final.pt")["model"]
     for k, v in init.items():  # lr ~ 0: the run starts from (and stays at) the given weights
         if v.is_floating_point():
@@ -45,5 +46,20 @@ def test_init_from_generalist_loads_and_trains(tiny_brats: Path, tmp_path: Path)
     assert res.exit_code == 0, res.output
     ckpt = load_checkpoint(out / "checkpoints" / "final.pt")
     assert ckpt["model_config"]["name"] == "transmed_a"
+    # the shipped v1 weights predate axial_layout: rebuilt, and recorded, as "chained"
+    assert ckpt["model_config"]["kwargs"]["axial_layout"] == "chained"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_kwargs"]["axial_layout"] == "chained"  # so --resume rebuilds it
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and float(rows[1].split(",")[2]) > 0  # one epoch, a finite loss
+
+
+def test_a_run_config_written_before_axial_layout_resumes_as_chained(tmp_path: Path) -> None:
+    from transmed.training.trainer import read_run_config, write_run_files
+
+    old = TrainConfig(model="transmed_a", model_kwargs={"patch_size": 64})  # no axial_layout
+    write_run_files(tmp_path, old, {"train": ["a"], "val": []}, tmp_path)
+    config, _, _ = read_run_config(tmp_path)
+    assert config.model_kwargs == {"patch_size": 64, "axial_layout": "chained"}
+    assert old.pinned().model_kwargs == {"patch_size": 64, "axial_layout": "residual"}
+    assert TrainConfig(model="unet").pinned().model_kwargs == {}  # no attention, nothing pinned

@@ -40,10 +40,11 @@ class FullAttentionBlock3d(nn.Module):
     """Pre-norm transformer block with multi-head self-attention over all D·H·W tokens.
 
     The comparison baseline for the axial block, written here rather than taken from MONAI so
-    that it matches :class:`AxialAttentionBlock3d` layer for layer (LayerNorm → Q/K/V →
-    ``scaled_dot_product_attention`` → projection, then LayerNorm → MLP) except for which
-    tokens attend to which. No position bias: a dense 3D relative bias would itself be an N×N
-    tensor per head, which is exactly what this baseline is meant to show the cost of.
+    that it matches one axis of :class:`AxialAttentionBlock3d` layer for layer (LayerNorm →
+    Q/K/V → QK-norm → ``scaled_dot_product_attention`` → projection, then LayerNorm → MLP)
+    except for which tokens attend to which (the axial block repeats its sub-block per axis).
+    No position bias: a dense 3D relative bias would itself be an N×N tensor per head, which is
+    exactly what this baseline is meant to show the cost of.
 
     Args:
         channels: feature channels C (divisible by ``num_heads``).
@@ -62,6 +63,8 @@ class FullAttentionBlock3d(nn.Module):
         self.num_heads = num_heads
         self.norm1 = nn.LayerNorm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
+        self.q_norm = nn.LayerNorm(channels // num_heads)
+        self.k_norm = nn.LayerNorm(channels // num_heads)
         self.proj = nn.Linear(channels, channels)
         self.norm2 = nn.LayerNorm(channels)
         hidden = max(1, int(round(channels * mlp_ratio)))
@@ -74,6 +77,7 @@ class FullAttentionBlock3d(nn.Module):
         t = x.flatten(2).transpose(1, 2)  # (B, N, C) with N = D·H·W
         qkv = self.qkv(self.norm1(t)).reshape(b, d * h * w, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, C/heads)
+        q, k = self.q_norm(q), self.k_norm(k)  # QK-norm, as in the axial block
         a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C/heads)
         t = t + self.proj(a.transpose(1, 2).reshape(b, d * h * w, c))  # (B, N, C)
         t = t + self.mlp(self.norm2(t))

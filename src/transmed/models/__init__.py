@@ -7,7 +7,9 @@ from transmed.models.registry import (
     create_model_from_config,
     list_models,
     model_kwargs,
+    pinned_kwargs,
     register_model,
+    stored_kwargs,
 )
 
 __all__ = [
@@ -18,5 +20,7 @@ __all__ = [
     "create_model_from_config",
     "list_models",
     "model_kwargs",
+    "pinned_kwargs",
     "register_model",
+    "stored_kwargs",
 ]

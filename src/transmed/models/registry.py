@@ -15,6 +15,11 @@ from typing import Any
 from transmed.models.base import SegmentationModel
 
 _REGISTRY: dict[str, Callable[..., SegmentationModel]] = {}
+#: Arguments whose default changed: {model name: {argument: the value before the change}}. A
+#: stored config that lacks such an argument was written before the change, so
+#: ``create_model_from_config`` and :func:`stored_kwargs` rebuild it with the old value, and
+#: ``create_model`` records the argument explicitly in every new ``model.config``.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
 def register_model(fn: Callable[..., SegmentationModel]) -> Callable[..., SegmentationModel]:
@@ -24,6 +29,32 @@ def register_model(fn: Callable[..., SegmentationModel]) -> Callable[..., Segmen
         raise ValueError(f"model {name!r} is already registered")
     _REGISTRY[name] = fn
     return fn
+
+
+def register_legacy_default(name: str, key: str, value: Any) -> None:
+    """Declare that ``key``'s default for model ``name`` changed from ``value``."""
+    LEGACY_DEFAULTS.setdefault(name, {})[key] = value
+
+
+def stored_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of a config stored earlier (a checkpoint's ``model_config``, a
+    run's ``model_kwargs``), completed with the defaults that held before a default changed."""
+    _ensure_builtin_models()
+    return {**LEGACY_DEFAULTS.get(name, {}), **kwargs}
+
+
+def pinned_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments for a new config that is stored (a checkpoint, a run's config):
+    the arguments whose default changed once are written out with today's default, so the
+    stored config keeps meaning the same model if the default changes again."""
+    _ensure_builtin_models()
+    if name not in _REGISTRY:
+        return dict(kwargs)
+    accepted = model_kwargs(name)
+    pinned = dict(kwargs)
+    for key in LEGACY_DEFAULTS.get(name, {}):
+        pinned.setdefault(key, accepted[key].default)
+    return pinned
 
 
 def list_models() -> list[str]:
@@ -64,7 +95,7 @@ def create_model(
         "name": name,
         "in_channels": in_channels,
         "out_channels": out_channels,
-        "kwargs": dict(kwargs),
+        "kwargs": pinned_kwargs(name, kwargs),
     }
     return model
 
@@ -79,7 +110,7 @@ def create_model_from_config(config: dict[str, Any]) -> SegmentationModel:
         name,
         in_channels=int(config.get("in_channels", 4)),
         out_channels=int(config.get("out_channels", 3)),
-        **dict(config.get("kwargs", {})),
+        **stored_kwargs(name, dict(config.get("kwargs", {}))),
     )
 
 

@@ -39,8 +39,8 @@ from torch import nn
 
 from transmed.models.base import SegmentationModel
 from transmed.models.blocks import NORMS, Checkpointed, ResidualBlock, make_norm
-from transmed.models.layers.axial_attention import AxialAttentionBlock3d
-from transmed.models.registry import register_model
+from transmed.models.layers.axial_attention import AXIAL_LAYOUTS, AxialAttentionBlock3d
+from transmed.models.registry import register_legacy_default, register_model
 
 
 class TransMedNet(SegmentationModel):
@@ -57,6 +57,10 @@ class TransMedNet(SegmentationModel):
         axial_stages: encoder stage indices (0 = 1/2 resolution) that get attention.
         axial_depth: attention blocks per such stage.
         attention_head_dim: channels per head (heads = width / head_dim).
+        axial_layout: "residual" (a pre-norm residual sub-block per axis, with QK-norm) or
+            "chained" (the v1 layout, which only the shipped v1.x weights use; see
+            :mod:`transmed.models.layers.axial_attention`). Configs stored before the option
+            existed rebuild as "chained" (``registry.LEGACY_DEFAULTS``).
         patch_size: training patch edge in voxels; sets each attention stage's relative-bias
             reach to ``patch_size / stride`` (farther distances clipped at inference).
         dynamic: use dynamic convolution in the residual blocks.
@@ -81,6 +85,7 @@ class TransMedNet(SegmentationModel):
         axial_stages: Sequence[int] = (2, 3),
         axial_depth: int = 1,
         attention_head_dim: int = 32,
+        axial_layout: str = "residual",
         patch_size: int = 128,
         dynamic: bool = False,
         num_kernels: int = 4,
@@ -92,7 +97,7 @@ class TransMedNet(SegmentationModel):
         n = len(features)
         _check_args(
             features, encoder_blocks, decoder_blocks, full_res_channels, axial_stages,
-            axial_depth, attention_head_dim, patch_size, num_kernels, norm, axial,
+            axial_depth, attention_head_dim, patch_size, num_kernels, norm, axial, axial_layout,
         )  # fmt: skip
         super().__init__(in_channels, out_channels, size_divisor=2**n)
         self.features = features
@@ -118,7 +123,10 @@ class TransMedNet(SegmentationModel):
             if axial and i in axial_stages:
                 reach = max(2, patch_size // 2 ** (i + 1))
                 heads = f // attention_head_dim
-                blocks += [AxialAttentionBlock3d(f, heads, reach) for _ in range(axial_depth)]
+                blocks += [
+                    AxialAttentionBlock3d(f, heads, reach, layout=axial_layout)
+                    for _ in range(axial_depth)
+                ]
             encoders.append(Checkpointed(nn.Sequential(*blocks), ckpt))
         self.encoders = nn.ModuleList(encoders)
 
@@ -201,6 +209,7 @@ def _check_args(
     num_kernels: int,
     norm: str,
     axial: bool,
+    axial_layout: str,
 ) -> None:
     n = len(features)
     if n < 2 or any(f < 1 for f in features):
@@ -220,6 +229,10 @@ def _check_args(
         )
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; accepted: {list(NORMS)}")
+    if axial_layout not in AXIAL_LAYOUTS:
+        raise ValueError(
+            f"unknown axial_layout {axial_layout!r}; accepted: {list(AXIAL_LAYOUTS)}"
+        )
     if axial:
         if axial_depth < 1 or any(not 0 <= s < n for s in axial_stages):
             raise ValueError(
@@ -252,3 +265,6 @@ _register_variant("unet", False, False, "Residual 3D U-Net baseline (the ablatio
 _register_variant("transmed_a", True, False, "TransMed-A: backbone + 3D axial attention.")
 _register_variant("transmed_d", False, True, "TransMed-D: backbone with dynamic convolution.")
 _register_variant("transmed_full", True, True, "TransMed: axial attention + dynamic convolution.")
+# Configs stored before axial_layout existed were trained with the chained layout.
+for _name in ("transmed_a", "transmed_full"):
+    register_legacy_default(_name, "axial_layout", "chained")

@@ -84,6 +84,22 @@ class TrainConfig(BaseModel):
     def augment_config(self, seed: int | None = None) -> AugmentConfig:
         return AugmentConfig(**self.augment, seed=seed)
 
+    def pinned(self) -> TrainConfig:
+        """This config for a new run: model arguments whose default once changed are written
+        out (``registry.pinned_kwargs``), so its saved config resumes as the same model."""
+        from transmed.models import pinned_kwargs
+
+        kwargs = pinned_kwargs(self.model, self.model_kwargs)
+        return self.model_copy(update={"model_kwargs": kwargs})
+
+    def stored(self) -> TrainConfig:
+        """This config as read back from a run: model arguments it predates take the values
+        they had when it was written (``registry.stored_kwargs``)."""
+        from transmed.models import stored_kwargs
+
+        kwargs = stored_kwargs(self.model, self.model_kwargs)
+        return self.model_copy(update={"model_kwargs": kwargs})
+
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a JSON (``.json``) or YAML config file (see ``io.config_file``).

@@ -204,7 +204,7 @@ def train_generalist(out: Path, config: TrainConfig | None = None, *, resume: bo
             raise ConfigError(f"{out}: not a generalist run to resume")
         meta = json.loads(gen_file.read_text())
         saved = json.loads((out / "config.json").read_text())
-        config = TrainConfig(**{k: v for k, v in saved.items() if k != "data"})
+        config = TrainConfig(**{k: v for k, v in saved.items() if k != "data"}).stored()
         # keys a run predates take GeneratorConfig's defaults, which draw as before
         generator = _generator_config(meta["generator"])
         pool_size, spacing = int(meta["pool_size"]), float(meta["spacing_mm"])
@@ -216,6 +216,7 @@ def train_generalist(out: Path, config: TrainConfig | None = None, *, resume: bo
             from transmed.training.run import initial_weights
 
             config, init_state = initial_weights(config)
+        config = config.pinned()
         generator = generator or generalist_generator(tuple(config.patch_size))
         spacing = GENERALIST_SPACING
         write_run_files(out, config, {"train": [], "val": []}, Path("generator"))

@@ -85,7 +85,10 @@ def initial_weights(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     if int(mc.get("in_channels", 4)) != 4 or int(mc.get("out_channels", 3)) != 3:
         raise ConfigError(f"{path}: --init-from needs a 4-channel-in, 3-region-out model")
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    adopted = config.model_copy(update={"model": mc["name"], "model_kwargs": dict(mc["kwargs"])})
+    from transmed.models import stored_kwargs
+
+    kwargs = stored_kwargs(mc["name"], dict(mc["kwargs"]))
+    adopted = config.model_copy(update={"model": mc["name"], "model_kwargs": kwargs})
     return adopted, state
 
 
@@ -125,6 +128,8 @@ def train(
     init_state = None
     if config.init_from and not resume:
         config, init_state = initial_weights(config)
+    if not resume:
+        config = config.pinned()
     trainer = Trainer(config, folder, out, split, device=device, progress=progress, dist_ctx=ctx,
                       init_state=init_state)  # fmt: skip
     if trainer.ctx.is_main and not resume:

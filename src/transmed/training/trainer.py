@@ -425,4 +425,4 @@ def read_run_config(out_dir: Path) -> tuple[TrainConfig, dict, Path]:
         raise ConfigError(f"{out_dir}: not a training run (no config.json/split.json) to resume")
     data = json.loads(cfg_path.read_text())
     source = Path(data.pop("data"))
-    return TrainConfig(**data), json.loads(split_path.read_text()), source
+    return TrainConfig(**data).stored(), json.loads(split_path.read_text()), source

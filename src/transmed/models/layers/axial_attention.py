@@ -14,11 +14,29 @@ where B_a[h, i, j] = t_a[h, clip(j − i, −R, R)] is a learned relative positi
 (Shaw et al. 2018). Computed with ``torch.nn.functional.scaled_dot_product_attention`` (fused
 kernels, the bias passed as the additive mask).
 
-**Combination.** The three axes are applied *in sequence* (D, then H, then W), each with its
-own Q/K/V projection and bias table, as in Axial-DeepLab: after one block every voxel has
-gathered information from the whole volume (D-line → H-plane → full grid), which summing the
-three axis outputs in parallel would not give. The block is a pre-norm transformer block:
-``x + proj(attn_W(attn_H(attn_D(LN(x)))))`` followed by ``x + MLP(LN(x))``.
+**Layout ("residual", the default).** The three axes are applied *in sequence* (D, then H,
+then W), each as its own pre-norm residual sub-block with its own LayerNorm, Q/K/V and output
+projections and bias table, then an MLP sub-block:
+
+    t = t + proj_D(attn_D(LN_D(t)));  t = t + proj_H(attn_H(LN_H(t)));
+    t = t + proj_W(attn_W(LN_W(t)));  t = t + MLP(LN(t))
+
+as in the axial transformer of Ho et al. (2019). After one block every voxel has gathered
+information from the whole volume (D-line → H-plane → full grid). Queries and keys are
+layer-normalised per head before their dot product ("QK-norm": Dehghani et al. 2023, "Scaling
+Vision Transformers to 22 Billion Parameters"; Wortsman et al. 2023, "Small-scale proxies for
+large-scale Transformer training instabilities"), which bounds the attention logits whatever
+the scale of the Q/K weights.
+
+**Layout "chained" (the v1 weights only).** The first layout, kept so that weights trained with
+it (the shipped generalist v1.x) load and predict unchanged: one LayerNorm, then the three axes
+chained with no normalisation or residual between them, one output projection:
+``x + proj(attn_W(attn_H(attn_D(LN(x)))))``. Do not train new models with it. In the generalist
+v1.0 (5,500 steps) the value projections compounded along the chain (RMS 1.2 → 3.2 → 19 → 70
+after D, H, W at the 1/8 stage), the attention logits with them (std 73 → 1,519 → 58,459), so
+the attention was one-hot (entropy 0.0 of a possible 2.08 nats) and the block's output was 190
+times its input, swamping the convolutional features it was added to
+(``benchmarks/results/generalist/axial_layout/``).
 
 **Lengths beyond training.** Relative distances farther than the table's reach R are *clipped*
 to ±R: the bias for "far away" is the one learned for the largest distance seen in training.
@@ -62,15 +80,32 @@ class RelativePositionBias1d(nn.Module):
 
 
 class AxialSelfAttention(nn.Module):
-    """Multi-head self-attention along one axis of a channel-last (B, D, H, W, C) tensor."""
+    """Multi-head self-attention along one axis of a channel-last (B, D, H, W, C) tensor.
 
-    def __init__(self, channels: int, num_heads: int, max_distance: int, qkv_bias: bool = True):
+    Args:
+        channels: feature channels C (divisible by ``num_heads``).
+        num_heads: attention heads.
+        max_distance: the relative-bias reach R (farther distances are clipped).
+        qkv_bias: learn a bias in the Q/K/V projection.
+        qk_norm: layer-normalise queries and keys per head before their dot product.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        max_distance: int,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+    ) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
         self.head_dim = channels // num_heads
         self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
+        self.q_norm: nn.Module = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm: nn.Module = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.bias = RelativePositionBias1d(num_heads, max_distance)
 
     def forward(self, x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -79,16 +114,21 @@ class AxialSelfAttention(nn.Module):
         b, p, q, length, c = x.shape
         qkv = self.qkv(x).reshape(b * p * q, length, 3, self.num_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, N, heads, L, hd) with N = B·P·Q lines
+        query, key = self.q_norm(qkv[0]), self.k_norm(qkv[1])  # (N, heads, L, hd)
         # (1, heads, L, L), broadcast over the N lines. A 4D mask matters: with a 3D one torch
         # 2.13 falls back to the unfused math kernel on CPU (6× slower at L = 64, measured).
         bias = self.bias(length).to(qkv.dtype)[None]
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
+        out = F.scaled_dot_product_attention(query, key, qkv[2], attn_mask=bias)
         out = out.transpose(1, 2).reshape(b, p, q, length, c)  # (B, P, Q, L, C)
         return out.movedim(3, axis)
 
 
+#: Block layouts: "residual" (default) and "chained" (the v1 weights; see the module doc).
+AXIAL_LAYOUTS = ("residual", "chained")
+
+
 class AxialAttentionBlock3d(nn.Module):
-    """Pre-norm transformer block with sequential D→H→W axial attention and an MLP.
+    """Transformer block with sequential D→H→W axial attention and an MLP.
 
     Args:
         channels: feature channels C (divisible by ``num_heads``).
@@ -96,12 +136,19 @@ class AxialAttentionBlock3d(nn.Module):
         max_len: the longest axis length seen in training at this stage; relative distances up
             to ``max_len − 1`` get their own bias, farther ones are clipped (see module doc).
         mlp_ratio: hidden width of the MLP relative to ``channels``.
+        layout: "residual" (a pre-norm residual sub-block per axis, QK-norm) or "chained"
+            (the v1 layout, kept to load its weights; see the module doc).
 
     Shape: (B, C, D, H, W) → (B, C, D, H, W), any D, H, W ≥ 1.
     """
 
     def __init__(
-        self, channels: int, num_heads: int = 4, max_len: int = 16, mlp_ratio: float = 2.0
+        self,
+        channels: int,
+        num_heads: int = 4,
+        max_len: int = 16,
+        mlp_ratio: float = 2.0,
+        layout: str = "residual",
     ) -> None:
         super().__init__()
         if channels < 1 or num_heads < 1 or channels % num_heads:
@@ -112,11 +159,20 @@ class AxialAttentionBlock3d(nn.Module):
             raise ValueError(f"max_len must be ≥ 2, got {max_len}")
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
-        self.norm1 = nn.LayerNorm(channels)
+        if layout not in AXIAL_LAYOUTS:
+            raise ValueError(f"unknown axial layout {layout!r}; accepted: {list(AXIAL_LAYOUTS)}")
+        self.layout = layout
+        residual = layout == "residual"
         self.attn = nn.ModuleList(
-            AxialSelfAttention(channels, num_heads, max_len - 1) for _ in range(3)
+            AxialSelfAttention(channels, num_heads, max_len - 1, qk_norm=residual)
+            for _ in range(3)
         )
-        self.proj = nn.Linear(channels, channels)
+        if residual:
+            self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(3))
+            self.projs = nn.ModuleList(nn.Linear(channels, channels) for _ in range(3))
+        else:
+            self.norm1 = nn.LayerNorm(channels)
+            self.proj = nn.Linear(channels, channels)
         self.norm2 = nn.LayerNorm(channels)
         hidden = max(1, int(round(channels * mlp_ratio)))
         self.mlp = nn.Sequential(
@@ -126,10 +182,15 @@ class AxialAttentionBlock3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.permute(0, 2, 3, 4, 1)  # (B, D, H, W, C)
-        h = self.norm1(t)
-        for axis, attn in zip((1, 2, 3), self.attn, strict=False):
-            h = attn(h, axis)  # (B, D, H, W, C), attended along D, then H, then W
-        t = t + self.proj(h)
+        if self.layout == "residual":
+            for axis, norm, attn, proj in zip((1, 2, 3), self.norms, self.attn, self.projs,
+                                              strict=True):  # fmt: skip
+                t = t + proj(attn(norm(t), axis))  # (B, D, H, W, C), along D, then H, then W
+        else:
+            h = self.norm1(t)
+            for axis, attn in zip((1, 2, 3), self.attn, strict=True):
+                h = attn(h, axis)  # (B, D, H, W, C), chained: D, then H, then W
+            t = t + self.proj(h)
         t = t + self.mlp(self.norm2(t))
         return t.permute(0, 4, 1, 2, 3)  # (B, C, D, H, W)
 
