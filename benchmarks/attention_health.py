@@ -33,12 +33,8 @@ from transmed.models.layers.axial_attention import AxialAttentionBlock3d, AxialS
 
 def axis_stats(attn: AxialSelfAttention, x: torch.Tensor, axis: int) -> dict[str, float]:
     """Entropy, largest weight and logit spread of ``attn`` on its input ``x`` (B, D, H, W, C)."""
-    xm = x.movedim(axis, 3)
-    b, p, q, length, _ = xm.shape
-    qkv = attn.qkv(xm).reshape(b * p * q, length, 3, attn.num_heads, attn.head_dim)
-    qkv = qkv.permute(2, 0, 3, 1, 4)
-    query, key = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    logits = query @ key.transpose(-1, -2) / math.sqrt(attn.head_dim) + attn.bias(length)[None]
+    logits = attn.attention_logits(x, axis)  # (lines, heads, L, L)
+    length = logits.shape[-1]
     weights = logits.softmax(-1)
     entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1).mean().item()
     return {

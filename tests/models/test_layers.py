@@ -131,6 +131,8 @@ def test_qk_norm_bounds_the_attention_logits() -> None:
         attn = AxialSelfAttention(16, num_heads=2, max_distance=7, qk_norm=qk_norm).double()
         _randomise(attn)
         before = _attention_weights(attn, x)
+        # the diagnostic (benchmarks/attention_health.py) sees what forward's softmax sees
+        torch.testing.assert_close(attn.attention_logits(x, 1).softmax(-1), before)
         with torch.no_grad():
             attn.qkv.weight[:32] *= 30.0  # the Q and K rows
             attn.qkv.bias[:32] *= 30.0

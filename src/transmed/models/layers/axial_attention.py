@@ -34,8 +34,8 @@ chained with no normalisation or residual between them, one output projection:
 ``x + proj(attn_W(attn_H(attn_D(LN(x)))))``. Do not train new models with it. In the generalist
 v1.0 (5,500 steps) the value projections compounded along the chain (RMS 1.2 → 3.2 → 19 → 70
 after D, H, W at the 1/8 stage), the attention logits with them (std 73 → 1,519 → 58,459), so
-the attention was one-hot (entropy 0.0 of a possible 2.08 nats) and the block's output was 190
-times its input, swamping the convolutional features it was added to
+the attention was one-hot (entropy 0.0 of a possible 2.08 nats) and the block's output was about
+190 times its input, swamping the convolutional features it was added to
 (``benchmarks/results/generalist/axial_layout/``).
 
 **Lengths beyond training.** Relative distances farther than the table's reach R are *clipped*
@@ -46,6 +46,8 @@ patch length at that stage minus one.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -108,18 +110,31 @@ class AxialSelfAttention(nn.Module):
         self.k_norm: nn.Module = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.bias = RelativePositionBias1d(num_heads, max_distance)
 
-    def forward(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """Attend along ``axis`` (1, 2 or 3 of (B, D, H, W, C)); returns the same shape."""
+    def lines(self, x: torch.Tensor, axis: int) -> tuple[torch.Tensor, ...]:
+        """Queries (QK-normed when enabled), keys and values of every line along ``axis`` of
+        (B, D, H, W, C): each (N, heads, L, head_dim), N = the number of lines."""
         x = x.movedim(axis, 3)  # (B, P, Q, L, C): the attended axis next to channels
-        b, p, q, length, c = x.shape
+        b, p, q, length, _ = x.shape
         qkv = self.qkv(x).reshape(b * p * q, length, 3, self.num_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, N, heads, L, hd) with N = B·P·Q lines
-        query, key = self.q_norm(qkv[0]), self.k_norm(qkv[1])  # (N, heads, L, hd)
+        return self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]
+
+    def attention_logits(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """QKᵀ/√d + B along ``axis``, (N, heads, L, L): what ``forward``'s softmax sees (for
+        diagnostics; ``forward`` itself never materialises it)."""
+        query, key, _ = self.lines(x, axis)
+        bias = self.bias(query.shape[2]).to(query.dtype)[None]
+        return query @ key.transpose(-1, -2) / math.sqrt(self.head_dim) + bias
+
+    def forward(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Attend along ``axis`` (1, 2 or 3 of (B, D, H, W, C)); returns the same shape."""
+        query, key, value = self.lines(x, axis)  # (N, heads, L, hd)
         # (1, heads, L, L), broadcast over the N lines. A 4D mask matters: with a 3D one torch
         # 2.13 falls back to the unfused math kernel on CPU (6× slower at L = 64, measured).
-        bias = self.bias(length).to(qkv.dtype)[None]
-        out = F.scaled_dot_product_attention(query, key, qkv[2], attn_mask=bias)
-        out = out.transpose(1, 2).reshape(b, p, q, length, c)  # (B, P, Q, L, C)
+        bias = self.bias(query.shape[2]).to(query.dtype)[None]
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        shape = x.movedim(axis, 3).shape  # (B, P, Q, L, C)
+        out = out.transpose(1, 2).reshape(shape)
         return out.movedim(3, axis)
 
 
