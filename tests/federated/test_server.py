@@ -173,3 +173,44 @@ def test_wire_carries_weights_and_numbers_only(tmp_path: Path) -> None:
     down = ServerMessage.FitIns()
     down.ParseFromString(downs[0])
     assert torch.tensor(len(down.parameters.tensors)) == len(w0)
+
+
+def test_a_federation_started_before_the_axial_layout_default_resumes_as_it_was(
+        tmp_path: Path) -> None:  # fmt: skip
+    """A federation's config pins model arguments whose default changed (the server, every
+    site and its global checkpoint build one model); one started before the change (its saved
+    train config names no ``axial_layout``) is refused with the setting that resumes it, and
+    resumes, as chained, once the config names it."""
+    from transmed.federated.strategy import FederationState
+    from transmed.training.checkpoint import save_checkpoint
+
+    tiny = {"features": [8, 16, 16], "encoder_blocks": [1, 1, 1], "attention_head_dim": 8,
+            "axial_stages": [2], "decoder_blocks": [1, 1], "patch_size": 32}  # fmt: skip
+    train = {**TRAIN, "model": "transmed_a", "model_kwargs": tiny, "patch_size": [32, 32, 32]}
+    new = FederatedConfig(train=train, rounds=2, min_clients=1)
+    assert new.train.model_kwargs["axial_layout"] == "residual"  # pinned for a new federation
+    state = FederationState(new, tmp_path / "new")
+    state.save(1, get_weights(state.model))
+    saved = load_checkpoint(state.ckpt)
+    assert saved["federation"]["train"]["model_kwargs"]["axial_layout"] == "residual"
+    assert FederationState(new, tmp_path / "new").resume()  # the same config resumes it
+
+    # a pre-change federation: its model was chained, its saved config names no layout
+    chained = FederatedConfig(train={**train, "model_kwargs": {**tiny, "axial_layout": "chained"}},
+                              rounds=2, min_clients=1)  # fmt: skip
+    old = FederationState(chained, tmp_path / "old")
+    old.save(1, get_weights(old.model))
+    ckpt = load_checkpoint(old.ckpt)
+    ckpt["federation"]["train"]["model_kwargs"].pop("axial_layout")
+    save_checkpoint(old.ckpt, ckpt)
+    with pytest.raises(ValueError, match=r"another training config.*axial_layout: 'chained'"):
+        FederationState(new, tmp_path / "old").resume()
+    again = FederationState(chained, tmp_path / "old")
+    assert again.resume() and again.rounds_done == 1
+    for a, b in zip(get_weights(again.model), get_weights(old.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a config that differs elsewhere gets no such hint
+    with pytest.raises(ValueError, match="another training config") as err:
+        FederationState(FederatedConfig(train={**train, "lr": 0.5}, rounds=2, min_clients=1),
+                        tmp_path / "old").resume()  # fmt: skip
+    assert "axial_layout" not in str(err.value)

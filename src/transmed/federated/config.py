@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from transmed.federated.privacy import DPSettings
 from transmed.training.config import (
@@ -81,6 +81,13 @@ class FederatedConfig(BaseModel):
     # (docs/federated.md: the AdamW-normalisation hypothesis)
     local_optimizer: Literal["adamw", "sgd"] = "adamw"
     local_momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD's momentum
+
+    @field_validator("train", mode="after")
+    @classmethod
+    def _pin_model(cls, train: TrainConfig) -> TrainConfig:
+        # the server, every site and the saved global checkpoint build the same model, and a
+        # resumed federation rebuilds it even if a registry default changes (TrainConfig.pinned)
+        return train.pinned()
 
     @model_validator(mode="after")
     def _one_server_step(self) -> FederatedConfig:

@@ -82,10 +82,12 @@ class FederationState:
         if not self.ckpt.is_file():
             return False
         ckpt = load_checkpoint(self.ckpt)
-        if ckpt.get("federation", {}).get("train") != self.config.train.model_dump(mode="json"):
+        saved = _saved_train(ckpt.get("federation", {}).get("train"))
+        if saved != self.config.train.model_dump(mode="json"):
             raise ConfigError(
                 f"{self.ckpt}: was written by a federation with another training config; "
                 "resume with the same config or choose another --out"
+                + _legacy_hint(saved, self.config.train.model_dump(mode="json"))
             )
         self.model.load_state_dict(ckpt["model"])
         self.rounds_done = int(ckpt.get("round", 0))
@@ -121,6 +123,38 @@ class FederationState:
         })  # fmt: skip
         atomic_write_text(self.out_dir / "rounds.json",
                           json.dumps(self.records, indent=1, default=_jsonable) + "\n")
+
+
+def _saved_train(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A global checkpoint's train config as the federation that wrote it meant it: model
+    arguments it predates take the values they had then (``TrainConfig.stored``)."""
+    from transmed.training.config import TrainConfig
+
+    if not isinstance(saved, dict):
+        return saved
+    try:
+        return TrainConfig(**saved).stored().model_dump(mode="json")
+    except ValueError:  # not a valid config: compared as written, and refused
+        return saved
+
+
+def _legacy_hint(saved: dict[str, Any] | None, current: dict[str, Any]) -> str:
+    """How to resume when only model arguments whose default changed differ (a federation
+    started before the change, resumed with a config that does not name them)."""
+    from transmed.models import stored_kwargs
+
+    if not isinstance(saved, dict):
+        return ""
+    keys = set(stored_kwargs(str(current.get("model", "")), {}))  # the changed defaults' keys
+    s_kw, c_kw = saved.get("model_kwargs") or {}, current.get("model_kwargs") or {}
+    diff = {k for k in set(s_kw) | set(c_kw) if s_kw.get(k) != c_kw.get(k)}
+    same_rest = ({k: v for k, v in saved.items() if k != "model_kwargs"}
+                 == {k: v for k, v in current.items() if k != "model_kwargs"})  # fmt: skip
+    if not diff or not diff <= keys or not same_rest:
+        return ""
+    names = ", ".join(f"{k}: {s_kw[k]!r}" for k in sorted(diff) if k in s_kw)
+    return (f" (it was started before a default changed; to resume it, set train.model_kwargs "
+            f"{{{names}}} in the federation config)")
 
 
 def _jsonable(v: Any) -> Any:
