@@ -54,6 +54,31 @@ def test_init_from_generalist_loads_and_trains(tiny_brats: Path, tmp_path: Path)
     assert len(rows) == 2 and float(rows[1].split(",")[2]) > 0  # one epoch, a finite loss
 
 
+def test_init_from_a_checkpoint_written_before_axial_layout_rebuilds_it_chained(
+        tiny_brats: Path, tmp_path: Path) -> None:  # fmt: skip
+    """A v1-era checkpoint (its model config names no ``axial_layout``; its weights are a
+    chained model's) fine-tunes as chained, and the new run records it."""
+    from transmed.models.checkpoint import save_checkpoint
+
+    src = save_untrained_checkpoint(tmp_path / "v1.pt", "transmed_a", features=(8, 16, 16),
+                                    encoder_blocks=(1, 1, 1), attention_head_dim=8,
+                                    axial_stages=(2,), decoder_blocks=(1, 1),
+                                    patch_size=(32, 32, 32), axial_layout="chained")  # fmt: skip
+    old = load_checkpoint(src)
+    del old["model_config"]["kwargs"]["axial_layout"]
+    save_checkpoint(src, old)
+    cfg = TrainConfig(model="unet", epochs=1, iters_per_epoch=1, batch_size=1,
+                      patch_size=(32, 32, 24), lr=1e-12, warmup_epochs=0.0, val_every=1,
+                      num_workers=0, init_from=str(src))  # fmt: skip
+    out = tmp_path / "ft_v1"
+    train(tiny_brats, out, cfg, progress=False, evaluate=False)
+    final = load_checkpoint(out / "checkpoints" / "final.pt")
+    assert final["model_config"]["kwargs"]["axial_layout"] == "chained"
+    assert json.loads((out / "config.json").read_text())["model_kwargs"]["axial_layout"] == "chained"
+    for k, v in old["model"].items():  # the chained weights loaded (lr 1e-12: unchanged)
+        assert torch.allclose(final["model"][k].float(), v.float(), atol=1e-5), k
+
+
 def test_a_run_config_written_before_axial_layout_resumes_as_chained(tmp_path: Path) -> None:
     from transmed.training.trainer import read_run_config, write_run_files
 
