@@ -46,10 +46,16 @@ def test_init_from_generalist_loads_and_trains(tiny_brats: Path, tmp_path: Path)
     assert res.exit_code == 0, res.output
     ckpt = load_checkpoint(out / "checkpoints" / "final.pt")
     assert ckpt["model_config"]["name"] == "transmed_a"
-    # the shipped v1 weights predate axial_layout: rebuilt, and recorded, as "chained"
-    assert ckpt["model_config"]["kwargs"]["axial_layout"] == "chained"
+    # the shipped model's layout (v1 weights predate axial_layout and read as "chained") is
+    # rebuilt and recorded, so --resume rebuilds the same model
+    from transmed.models import stored_kwargs
+    from transmed.models.pretrained import pretrained_path
+
+    shipped = load_checkpoint(pretrained_path("generalist"))["model_config"]
+    layout = stored_kwargs(shipped["name"], shipped["kwargs"])["axial_layout"]
+    assert ckpt["model_config"]["kwargs"]["axial_layout"] == layout
     saved = json.loads((out / "config.json").read_text())
-    assert saved["model_kwargs"]["axial_layout"] == "chained"  # so --resume rebuilds it
+    assert saved["model_kwargs"]["axial_layout"] == layout
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and float(rows[1].split(",")[2]) > 0  # one epoch, a finite loss
 
@@ -74,7 +80,8 @@ def test_init_from_a_checkpoint_written_before_axial_layout_rebuilds_it_chained(
     train(tiny_brats, out, cfg, progress=False, evaluate=False)
     final = load_checkpoint(out / "checkpoints" / "final.pt")
     assert final["model_config"]["kwargs"]["axial_layout"] == "chained"
-    assert json.loads((out / "config.json").read_text())["model_kwargs"]["axial_layout"] == "chained"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_kwargs"]["axial_layout"] == "chained"
     for k, v in old["model"].items():  # the chained weights loaded (lr 1e-12: unchanged)
         assert torch.allclose(final["model"][k].float(), v.float(), atol=1e-5), k
 
