@@ -34,11 +34,12 @@ class PretrainedModel:
 PRETRAINED: dict[str, PretrainedModel] = {
     "generalist": PretrainedModel(
         name="generalist",
-        file="generalist_v1_3_1.pt",
-        sha256="d727778f3629669edddf72bbe5fc2623f103a4fe7987e3d832385e2ac4843f37",
-        version="1.3.1",
-        summary="transmed_a trained only on domain-randomised synthetic heads and brains "
-        "(skull on or stripped, 1-7.5 mm slices, missing series); 1.5 mm working grid",
+        file="generalist_v2_0.pt",
+        sha256="cf6aa28ef7143211f085317517127d880010a3d115c0e57a9c61ee104f0ae6b3",
+        version="2.0",
+        summary="transmed_a (residual axial attention) trained only on domain-randomised "
+        "synthetic heads and brains (skull on or stripped, 1-7.5 mm slices, missing series); "
+        "1.5 mm working grid",
     ),
 }
 DEFAULT_PRETRAINED = "generalist"
