@@ -83,11 +83,12 @@ class FederationState:
             return False
         ckpt = load_checkpoint(self.ckpt)
         saved = _saved_train(ckpt.get("federation", {}).get("train"))
-        if saved != self.config.train.model_dump(mode="json"):
+        current = self.config.train.model_dump(mode="json")
+        if saved != current:
             raise ConfigError(
                 f"{self.ckpt}: was written by a federation with another training config; "
                 "resume with the same config or choose another --out"
-                + _legacy_hint(saved, self.config.train.model_dump(mode="json"))
+                + _legacy_hint(saved, current)
             )
         self.model.load_state_dict(ckpt["model"])
         self.rounds_done = int(ckpt.get("round", 0))
