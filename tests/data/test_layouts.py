@@ -314,7 +314,7 @@ def test_cli_index_bad_folder_exit_2(tmp_path: Path, args: list[str], expected: 
 
 def test_real_clinical_case_on_three_grids(tcga_dir: Path, tmp_path: Path) -> None:
     """The TCGA example: native scanner space, t1/t1c, t2 and flair on three different grids
-    (tests/conftest.py finds it, or the test skips saying where it looked)."""
+    (tests/conftest.py finds it, or the test fails saying where it looked)."""
     (tmp_path / tcga_dir.name).symlink_to(tcga_dir.resolve(), target_is_directory=True)
     index = index_dataset(tmp_path)  # a dataset of this one case, wherever it lives
     assert index.layout == "brats2021" and index.problems == []
