@@ -132,6 +132,7 @@ def main() -> None:
         scores = {tta: {} for tta in variants}
         false_et: dict[bool, dict[str, int]] = {tta: {} for tta in variants}
         false_et_ml: dict[bool, dict[str, float]] = {tta: {} for tta in variants}
+        volumes: dict[bool, dict[str, dict[str, list[float]]]] = {tta: {} for tta in variants}
         for p in paths:
             image, label = load_arrays(p)
             ref = labels_to_regions(label)
@@ -161,6 +162,8 @@ def main() -> None:
                             key = _key(mc, et, margin)
                             scores[tta].setdefault(key, {})[p.stem] = [
                                 float(dice(reg[i], ref[i])) for i in range(3)]
+                            volumes[tta].setdefault(key, {})[p.stem] = [  # ml, 1.5 mm grid
+                                float(reg[i].sum() * 1.5**3 / 1000.0) for i in range(3)]
                             if not ref[2].any() and reg[2].any():
                                 false_et[tta][key] = false_et[tta].get(key, 0) + 1
                                 false_et_ml[tta][key] = false_et_ml[tta].get(key, 0.0) + float(
@@ -171,23 +174,28 @@ def main() -> None:
             out["scores"][names[tta]] = scores[tta]
             out.setdefault("false_et_cases", {})[names[tta]] = false_et[tta]
             out.setdefault("false_et_ml", {})[names[tta]] = false_et_ml[tta]
+            out.setdefault("volumes_ml", {})[names[tta]] = volumes[tta]
             out["selected"][names[tta]] = select(scores[tta])
     free = set(out["tumour_free"])
     rows = ["| model | min component mm³ / ET min mm³ / coreless WT margin mm | WT | TC | ET "
-            "| mean | mean, tumour | mean, tumour-free | cases with false ET | false ET ml |",
-            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "| mean | mean, tumour | mean, tumour-free | cases with false ET | false ET ml "
+            "| false WT / TC / ET ml, tumour-free |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, scores in out["scores"].items():
         for key, per_case in scores.items():
             a = np.array(list(per_case.values()))
             t = np.array([v for c, v in per_case.items() if c not in free])
             f = np.array([v for c, v in per_case.items() if c in free])
             mark = " **(selected)**" if key == out["selected"][name] else ""
+            vol = out["volumes_ml"][name][key]
+            free_ml = np.array([vol[c] for c in vol if c in free]).reshape(-1, 3).sum(0)
             rows.append(f"| {name} | {key}{mark} | " + " | ".join(f"{v:.3f}" for v in a.mean(0))
                         + f" | {a.mean():.4f} | {t.mean() if t.size else float('nan'):.4f} | "
                         f"{f.mean() if f.size else float('nan'):.4f} | "
                         f"{out['false_et_cases'][name].get(key, 0)} of "
                         f"{len(out['without_et'])} | "
-                        f"{out['false_et_ml'][name].get(key, 0.0):.2f} |")  # fmt: skip
+                        f"{out['false_et_ml'][name].get(key, 0.0):.2f} | "
+                        + " / ".join(f"{v:.1f}" for v in free_ml) + " |")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"{args.name}.json", json.dumps(out, indent=1) + "\n")
     md = ["# Post-processing: Dice against the clean-up settings", "",

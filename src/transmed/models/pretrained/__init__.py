@@ -34,9 +34,9 @@ class PretrainedModel:
 PRETRAINED: dict[str, PretrainedModel] = {
     "generalist": PretrainedModel(
         name="generalist",
-        file="generalist_v2_0.pt",
-        sha256="cf6aa28ef7143211f085317517127d880010a3d115c0e57a9c61ee104f0ae6b3",
-        version="2.0",
+        file="generalist_v2_1.pt",
+        sha256="31087dc6e2c92f2c6e5d19e4594ac3b88df3836c5bff3ae0fcfea25936540ea3",
+        version="2.1",
         summary="transmed_a (residual axial attention) trained only on domain-randomised "
         "synthetic heads and brains (skull on or stripped, 1-7.5 mm slices, missing series); "
         "1.5 mm working grid",
