@@ -80,6 +80,50 @@ def _fake_mask(monkeypatch, volume_ml=None, calls=None):
     monkeypatch.setattr(bx, "brain_mask", fake)
 
 
+def _zero_background_ball(shape, spacing: float, radius_mm: float) -> np.ndarray:
+    """A textured ball with exact zeros all around it (a stripped brain, or a head whose
+    background an export zeroed)."""
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    r = np.linalg.norm((idx - (np.asarray(shape) - 1) / 2) * spacing, axis=-1)
+    img = 50 + 20 * np.random.default_rng(1).random(shape)
+    return np.where(r < radius_mm, img, 0).astype(np.float32)
+
+
+def test_is_skull_stripped_needs_border_zeros_and_a_brain_sized_object() -> None:
+    shape, sp = (40, 40, 40), 5.0  # 200 mm field of view
+    brain = _zero_background_ball(shape, sp, 70)  # 1,437 ml: a stripped brain
+    head = _zero_background_ball(shape, sp, 95)  # 3,591 ml: a head with a zeroed background
+    a = _affine(sp, shape)
+    assert bx.is_skull_stripped(brain, a) and bx.is_skull_stripped(brain)
+    assert not bx.is_skull_stripped(head, a)
+    assert bx.is_skull_stripped(head)  # without the affine only the border is read
+    noisy = head + np.random.default_rng(2).uniform(1, 3, shape).astype(np.float32)
+    assert not bx.is_skull_stripped(_zero_background_ball(shape, sp, 70) + (noisy - head), a)
+    # the threshold sits between the two: 2,500 ml
+    edge = _zero_background_ball(shape, sp, 85)  # 2,572 ml nominal
+    ml = np.count_nonzero(edge) * sp**3 / 1000
+    assert bx.is_skull_stripped(edge, a) == (ml <= bx.MAX_SKULL_STRIPPED_ML)
+
+
+def test_a_head_with_a_zeroed_background_is_brain_extracted(monkeypatch) -> None:
+    calls: list = []
+    _fake_mask(monkeypatch, volume_ml=1400.0, calls=calls)
+    shape, sp = (40, 40, 40), 5.0
+    head = _zero_background_ball(shape, sp, 95)
+    vols = {m: Volume(head.copy(), _affine(sp, shape)) for m in MODALITIES}
+    case = preprocess_case(vols, config=PreprocessConfig(brain_extraction="auto"))
+    assert calls == [shape]  # deepbet (here the fake) ran on the reference series
+    assert case.record.extra["skull_stripped_input"] is False
+    assert case.record.extra["brain_extraction"]["applied"] is True
+    assert case.record.foreground == "brain"
+    # the same object at brain size is left alone
+    calls.clear()
+    brain = _zero_background_ball(shape, sp, 70)
+    vols = {m: Volume(brain.copy(), _affine(sp, shape)) for m in MODALITIES}
+    case = preprocess_case(vols, config=PreprocessConfig(brain_extraction="auto"))
+    assert calls == [] and case.record.extra["brain_extraction"]["applied"] is False
+
+
 def test_brain_mask_from_the_reference_is_carried_to_every_series(monkeypatch) -> None:
     calls: list = []
     _fake_mask(monkeypatch, volume_ml=1400.0, calls=calls)

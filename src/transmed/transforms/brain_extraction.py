@@ -22,7 +22,13 @@ it on the reference series (T1ce), whose grid is the output grid, and carries th
 other series through the co-registration.
 
 Inputs that are already skull-stripped (BraTS, MSD, nnU-Net: exact zeros all around the brain)
-are detected by :func:`is_skull_stripped` and left alone.
+are detected by :func:`is_skull_stripped` and left alone. Exact zeros around the object are not
+enough on their own: some exports and defacing tools zero the background of a whole head, so
+an input whose nonzero voxels fill more than ``MAX_SKULL_STRIPPED_ML`` is taken as a head and
+brain-extracted. Without that, a skull-on head with a zeroed background kept its scalp and
+skull, where the generalist can read enhancing extra-cerebral tissue as tumour core (a
+tumour-free generated head with T1ce alone: 30 ml of false WT with brain extraction skipped,
+0 ml with it; ``benchmarks/results/generalist/v2_1_candidate/README.md``).
 """
 
 from __future__ import annotations
@@ -81,10 +87,23 @@ class BrainMask:
         }
 
 
-def is_skull_stripped(image: np.ndarray) -> bool:
+#: Nonzero volume (ml) above which a zero-background input is a head, not a stripped brain:
+#: adult intracranial volume is about 1,200-1,900 ml, a head with scalp 3,000 ml or more.
+MAX_SKULL_STRIPPED_ML = 2500.0
+
+
+def is_skull_stripped(image: np.ndarray, affine: np.ndarray | None = None) -> bool:
     """True when the image looks skull-stripped already: most border voxels are exact zeros
-    (the rule :func:`transmed.transforms.foreground.choose_method` uses for ``"auto"``)."""
-    return border_zero_fraction(np.asarray(image)) >= SKULL_STRIPPED_BORDER_ZEROS
+    (the rule :func:`transmed.transforms.foreground.choose_method` uses for ``"auto"``) and,
+    when the ``affine`` is given, its nonzero voxels fill no more than
+    ``MAX_SKULL_STRIPPED_ML`` (a larger object is a head with a zeroed background)."""
+    image = np.asarray(image)
+    if border_zero_fraction(image) < SKULL_STRIPPED_BORDER_ZEROS:
+        return False
+    if affine is None:
+        return True
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    return bool(np.count_nonzero(image) * voxel_ml <= MAX_SKULL_STRIPPED_ML)
 
 
 def deepbet_version() -> str:
