@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REGIONS = ("WT", "TC", "ET")
+VOXEL_ML = 1.5**3 / 1000.0  # the generalist's 1.5 mm working grid
 
 
 def write_cases(folder: Path, pool_seed: int, n_tumour: int, n_free: int, scan: int) -> None:
@@ -162,12 +163,11 @@ def main() -> None:
                             key = _key(mc, et, margin)
                             scores[tta].setdefault(key, {})[p.stem] = [
                                 float(dice(reg[i], ref[i])) for i in range(3)]
-                            volumes[tta].setdefault(key, {})[p.stem] = [  # ml, 1.5 mm grid
-                                float(reg[i].sum() * 1.5**3 / 1000.0) for i in range(3)]
+                            ml = [float(reg[i].sum()) * VOXEL_ML for i in range(3)]
+                            volumes[tta].setdefault(key, {})[p.stem] = ml
                             if not ref[2].any() and reg[2].any():
                                 false_et[tta][key] = false_et[tta].get(key, 0) + 1
-                                false_et_ml[tta][key] = false_et_ml[tta].get(key, 0.0) + float(
-                                    reg[2].sum() * 1.5**3 / 1000.0)  # 1.5 mm grid, ml
+                                false_et_ml[tta][key] = false_et_ml[tta].get(key, 0.0) + ml[2]
             print(name, p.stem, flush=True)
         for tta in variants:
             out["models"][names[tta]] = str(path) + (" (left-right mirroring TTA)" if tta else "")

@@ -15,6 +15,7 @@ import pytest
 from transmed.data.labels import MODALITIES
 from transmed.io.nifti import Volume, load_volume
 from transmed.transforms import brain_extraction as bx
+from transmed.transforms.foreground import SKULL_STRIPPED_BORDER_ZEROS, border_zero_fraction
 from transmed.transforms.preprocess import (
     PreprocessConfig,
     data_profile,
@@ -93,10 +94,11 @@ def test_is_skull_stripped_needs_border_zeros_and_a_brain_sized_object() -> None
     shape, sp = (40, 40, 40), 5.0  # 200 mm field of view
     brain = _zero_background_ball(shape, sp, 70)  # 1,437 ml: a stripped brain
     head = _zero_background_ball(shape, sp, 95)  # 3,591 ml: a head with a zeroed background
-    a = _affine(sp, shape)
-    assert bx.is_skull_stripped(brain, a) and bx.is_skull_stripped(brain)
+    a = (sp, sp, sp)
+    assert bx.is_skull_stripped(brain, a)
     assert not bx.is_skull_stripped(head, a)
-    assert bx.is_skull_stripped(head)  # without the affine only the border is read
+    # the border rule alone would call the head stripped: the size check decides
+    assert border_zero_fraction(head) >= SKULL_STRIPPED_BORDER_ZEROS
     noisy = head + np.random.default_rng(2).uniform(1, 3, shape).astype(np.float32)
     assert not bx.is_skull_stripped(_zero_background_ball(shape, sp, 70) + (noisy - head), a)
     # the threshold sits between the two: 2,500 ml

@@ -92,17 +92,15 @@ class BrainMask:
 MAX_SKULL_STRIPPED_ML = 2500.0
 
 
-def is_skull_stripped(image: np.ndarray, affine: np.ndarray | None = None) -> bool:
+def is_skull_stripped(image: np.ndarray, spacing: tuple[float, float, float]) -> bool:
     """True when the image looks skull-stripped already: most border voxels are exact zeros
-    (the rule :func:`transmed.transforms.foreground.choose_method` uses for ``"auto"``) and,
-    when the ``affine`` is given, its nonzero voxels fill no more than
-    ``MAX_SKULL_STRIPPED_ML`` (a larger object is a head with a zeroed background)."""
+    (the rule :func:`transmed.transforms.foreground.choose_method` uses for ``"auto"``) and its
+    nonzero voxels (``spacing`` in mm) fill no more than ``MAX_SKULL_STRIPPED_ML`` (a larger
+    object is a head with a zeroed background)."""
     image = np.asarray(image)
     if border_zero_fraction(image) < SKULL_STRIPPED_BORDER_ZEROS:
         return False
-    if affine is None:
-        return True
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     return bool(np.count_nonzero(image) * voxel_ml <= MAX_SKULL_STRIPPED_ML)
 
 

@@ -394,7 +394,7 @@ def preprocess_case(
     affines = {m: np.asarray(vols[m].affine, dtype=np.float64) for m in present}  # type: ignore[union-attr]
     seconds: dict[str, float] = {}
     warnings: list[str] = []
-    stripped = bx.is_skull_stripped(np.asarray(ref.data), ref.affine)
+    stripped = bx.is_skull_stripped(np.asarray(ref.data), ref.spacing)
     extra: dict[str, Any] = {
         "series": {m: _series_name(m, vols[m]) for m in present},  # type: ignore[arg-type]
         "missing": [m for m in MODALITIES if m not in present],
