@@ -48,16 +48,18 @@ def _reference_axis(attn, x: torch.Tensor, axis: int) -> torch.Tensor:
 
 def _reference_block(block: AxialAttentionBlock3d, x: torch.Tensor) -> torch.Tensor:
     t = x.permute(0, 2, 3, 4, 1)
+    ones = torch.ones(4, t.shape[-1], dtype=t.dtype)
+    gammas = ones if block.gammas is None else block.gammas  # LayerScale, one gain per branch
     if block.layout == "residual":  # a pre-norm residual sub-block per axis
         for axis in (1, 2, 3):
             h = _reference_axis(block.attn[axis - 1], block.norms[axis - 1](t), axis)
-            t = t + block.projs[axis - 1](h)
+            t = t + gammas[axis - 1] * block.projs[axis - 1](h)
     else:  # "chained": one norm, the three axes chained, one projection
         h = block.norm1(t)
         for axis, attn in zip((1, 2, 3), block.attn, strict=False):
             h = _reference_axis(attn, h, axis)
         t = t + block.proj(h)
-    t = t + block.mlp(block.norm2(t))
+    t = t + gammas[3] * block.mlp(block.norm2(t))
     return t.permute(0, 4, 1, 2, 3)
 
 
@@ -67,11 +69,15 @@ def _randomise(module: torch.nn.Module) -> None:
             p.copy_(torch.randn_like(p) * 0.3)
 
 
-@pytest.mark.parametrize("layout", ["residual", "chained"])
+@pytest.mark.parametrize("layout,layer_scale", [("residual", None), ("chained", None),
+                                                ("residual", 0.1)])  # fmt: skip
 @pytest.mark.parametrize("spatial", [(5, 6, 7), (9, 4, 3)])
-def test_axial_block_matches_brute_force(spatial: tuple[int, int, int], layout: str) -> None:
-    block = AxialAttentionBlock3d(8, num_heads=2, max_len=4, layout=layout).double()
-    _randomise(block)  # non-trivial biases, including beyond-reach clipping (length > 4)
+def test_axial_block_matches_brute_force(
+    spatial: tuple[int, int, int], layout: str, layer_scale: float | None
+) -> None:
+    block = AxialAttentionBlock3d(8, num_heads=2, max_len=4, layout=layout,
+                                  layer_scale=layer_scale).double()  # fmt: skip
+    _randomise(block)  # non-trivial biases (and gains), including beyond-reach clipping
     x = torch.randn(2, 8, *spatial, dtype=torch.float64)
     torch.testing.assert_close(block(x), _reference_block(block, x), rtol=1e-9, atol=1e-9)
 
@@ -199,6 +205,46 @@ def test_axial_block_bf16() -> None:
     assert y.shape == (1, 16, 6, 7, 8) and torch.isfinite(y.float()).all()
 
 
+def test_layer_scale_starts_the_block_as_the_identity_and_learns_its_gains() -> None:
+    torch.manual_seed(0)
+    eps = 1e-6
+    block = AxialAttentionBlock3d(16, num_heads=4, max_len=8, layer_scale=eps).double()
+    _randomise(block)  # large branches, then the gains back at their initial ε
+    with torch.no_grad():
+        block.gammas.fill_(eps)
+    x = torch.randn(2, 16, 6, 5, 7, dtype=torch.float64)
+    y = block(x)
+    # to first order in ε the update is ε times the four branches evaluated on the input itself
+    t = x.permute(0, 2, 3, 4, 1)
+    branches = sum(block.projs[a - 1](block.attn[a - 1](block.norms[a - 1](t), a))
+                   for a in (1, 2, 3)) + block.mlp(block.norm2(t))  # fmt: skip
+    branches = branches.permute(0, 4, 1, 2, 3)
+    assert branches.pow(2).mean().sqrt() > 0.5  # the same weights without ε change the input
+    torch.testing.assert_close((y - x) / eps, branches, rtol=1e-3, atol=1e-4)
+    y.sum().backward()  # the gains get a gradient, so training can open the branches
+    assert block.gammas.grad is not None and block.gammas.grad.abs().sum(1).gt(0).all()
+    assert block.gammas.shape == (4, 16)  # D, H, W and the MLP, per channel
+
+
+def test_layer_scale_is_recorded_and_old_configs_rebuild_without_it() -> None:
+    from transmed.models import create_model, create_model_from_config
+
+    kw = {"features": (8, 16, 32, 32), "attention_head_dim": 8, "patch_size": 32}
+    scaled = create_model("transmed_a", axial_layer_scale=1e-5, **kw)
+    assert scaled.config["kwargs"]["axial_layer_scale"] == 1e-5
+    blocks = [m for m in scaled.modules() if isinstance(m, AxialAttentionBlock3d)]
+    assert len(blocks) == 2 and all(torch.all(b.gammas == 1e-5) for b in blocks)
+    rebuilt = create_model_from_config(scaled.config)
+    rebuilt.load_state_dict(scaled.state_dict())  # strict: the gains are part of the model
+    stored = create_model_from_config({"name": "transmed_a",
+                                       "kwargs": {**kw, "axial_layout": "residual"}})  # fmt: skip
+    assert not any("gammas" in k for k in stored.state_dict())  # a config stored before: off
+    with pytest.raises(ValueError, match="axial_layer_scale"):
+        create_model("transmed_a", axial_layer_scale=1e-5, axial_layout="chained", **kw)
+    with pytest.raises(ValueError, match="axial_layer_scale"):
+        create_model("transmed_a", axial_layer_scale=0.0, **kw)
+
+
 def test_axial_block_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_heads"):
         AxialAttentionBlock3d(10, num_heads=4)
@@ -206,6 +252,11 @@ def test_axial_block_bad_arguments() -> None:
         AxialAttentionBlock3d(8, num_heads=2, max_len=1)
     with pytest.raises(ValueError, match="layout"):
         AxialAttentionBlock3d(8, num_heads=2, layout="parallel")
+    with pytest.raises(ValueError, match="residual layout"):
+        AxialAttentionBlock3d(8, num_heads=2, layout="chained", layer_scale=1e-5)
+    for bad in (0.0, -1e-5, float("nan")):
+        with pytest.raises(ValueError, match="layer_scale"):
+            AxialAttentionBlock3d(8, num_heads=2, layer_scale=bad)
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -110,3 +110,19 @@ def test_train_preset_takes_the_config_file_and_options(tmp_path: Path, monkeypa
     res = CliRunner().invoke(app, ["train", "--preset", "generalist", "--config", str(cfg),
                                    "--out", str(tmp_path / "run2")])  # fmt: skip
     assert res.exit_code != 0 and "lr" in res.output
+
+
+def test_recipe_model_kwargs_are_merged_not_replaced() -> None:
+    # adding one constructor argument keeps the recipe's patch-derived relative-bias reach
+    c = g.generalist_config(model_kwargs={"axial_layer_scale": 1e-5})
+    assert c.model_kwargs == {"patch_size": 64, "axial_layer_scale": 1e-5}
+    c = g.generalist_config(patch_size=(32, 32, 32), model_kwargs={"patch_size": 48})
+    assert c.model_kwargs["patch_size"] == 48  # the given keys win
+    assert g.generalist_config().model_kwargs == {"patch_size": 64}
+    from transmed.models import create_model
+
+    model = create_model(c.model, **g.generalist_config(
+        model_kwargs={"axial_layer_scale": 1e-5, "features": (8, 16, 16, 16),
+                      "attention_head_dim": 8}).model_kwargs)  # fmt: skip
+    gains = [p for n, p in model.named_parameters() if n.endswith("gammas")]
+    assert len(gains) == 2 and all(torch.all(p == 1e-5) for p in gains)

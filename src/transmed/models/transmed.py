@@ -32,6 +32,7 @@ resolution the N·(D+H+W) scores would dominate the runtime for little gain.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 
 import torch
@@ -61,6 +62,10 @@ class TransMedNet(SegmentationModel):
             "chained" (the v1 layout, which only the shipped v1.x weights use; see
             :mod:`transmed.models.layers.axial_attention`). Configs stored before the option
             existed rebuild as "chained" (``registry.LEGACY_DEFAULTS``).
+        axial_layer_scale: None (off) or ε > 0: LayerScale on each residual branch of the
+            attention blocks, a learned per-channel gain initialised to ε, so each block starts
+            as the identity (residual layout only; see
+            :mod:`transmed.models.layers.axial_attention`).
         patch_size: training patch edge in voxels; sets each attention stage's relative-bias
             reach to ``patch_size / stride`` (farther distances clipped at inference).
         dynamic: use dynamic convolution in the residual blocks.
@@ -86,6 +91,7 @@ class TransMedNet(SegmentationModel):
         axial_depth: int = 1,
         attention_head_dim: int = 32,
         axial_layout: str = "residual",
+        axial_layer_scale: float | None = None,
         patch_size: int = 128,
         dynamic: bool = False,
         num_kernels: int = 4,
@@ -98,6 +104,7 @@ class TransMedNet(SegmentationModel):
         _check_args(
             features, encoder_blocks, decoder_blocks, full_res_channels, axial_stages,
             axial_depth, attention_head_dim, patch_size, num_kernels, norm, axial, axial_layout,
+            axial_layer_scale,
         )  # fmt: skip
         super().__init__(in_channels, out_channels, size_divisor=2**n)
         self.features = features
@@ -124,7 +131,8 @@ class TransMedNet(SegmentationModel):
                 reach = max(2, patch_size // 2 ** (i + 1))
                 heads = f // attention_head_dim
                 blocks += [
-                    AxialAttentionBlock3d(f, heads, reach, layout=axial_layout)
+                    AxialAttentionBlock3d(f, heads, reach, layout=axial_layout,
+                                          layer_scale=axial_layer_scale)
                     for _ in range(axial_depth)
                 ]
             encoders.append(Checkpointed(nn.Sequential(*blocks), ckpt))
@@ -210,6 +218,7 @@ def _check_args(
     norm: str,
     axial: bool,
     axial_layout: str,
+    axial_layer_scale: float | None = None,
 ) -> None:
     n = len(features)
     if n < 2 or any(f < 1 for f in features):
@@ -232,6 +241,13 @@ def _check_args(
     if axial_layout not in AXIAL_LAYOUTS:
         raise ValueError(
             f"unknown axial_layout {axial_layout!r}; accepted: {list(AXIAL_LAYOUTS)}"
+        )
+    if axial_layer_scale is not None and not (
+        axial_layout == "residual" and math.isfinite(axial_layer_scale) and axial_layer_scale > 0
+    ):
+        raise ValueError(
+            "axial_layer_scale must be None or a finite number > 0 with axial_layout "
+            f"'residual', got {axial_layer_scale!r} with {axial_layout!r}"
         )
     if axial:
         if axial_depth < 1 or any(not 0 <= s < n for s in axial_stages):

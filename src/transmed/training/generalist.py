@@ -47,7 +47,8 @@ def generalist_config(**overrides: Any) -> TrainConfig:
 
     The attention models get their relative-bias reach from the training patch; another
     registered model (``model="unet"`` for the baseline with the same recipe) gets its
-    defaults unless ``model_kwargs`` is given.
+    defaults. A ``model_kwargs`` override is merged into the recipe's (its keys win), so adding
+    one argument, e.g. ``{"axial_layer_scale": 1e-5}``, keeps the patch-derived reach.
 
     Raises:
         ConfigError: an invalid value (the message names the key).
@@ -75,7 +76,10 @@ def generalist_config(**overrides: Any) -> TrainConfig:
         "num_workers": 0,
         "seed": 0,
     }
-    return load_config(None, **{**base, **overrides})  # ConfigError naming the key
+    merged = {**base, **overrides}
+    if isinstance(overrides.get("model_kwargs"), dict):
+        merged["model_kwargs"] = {**base["model_kwargs"], **overrides["model_kwargs"]}
+    return load_config(None, **merged)  # ConfigError naming the key
 
 
 #: The recipe's generator settings where they differ from GeneratorConfig's defaults.

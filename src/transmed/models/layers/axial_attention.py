@@ -28,6 +28,15 @@ Vision Transformers to 22 Billion Parameters"; Wortsman et al. 2023, "Small-scal
 large-scale Transformer training instabilities"), which bounds the attention logits whatever
 the scale of the Q/K weights.
 
+**LayerScale (optional, residual layout only).** With ``layer_scale=ε`` every residual branch
+(the three axes and the MLP) is multiplied by its own learned per-channel vector, initialised
+to ε (Touvron et al., ICCV 2021, "Going deeper with Image Transformers", CaiT):
+``t = t + γ_D ⊙ proj_D(attn_D(LN_D(t)))`` and so on. The block then starts as the identity and
+its update grows only as far as training asks. Without it, the shipped generalist v2.1's block
+at 1/8 resolution adds an update 21 times the RMS of its input
+(``benchmarks/results/generalist/v2_1_candidate/``), rewriting the convolutional features it is
+added to. Off by default (``None``), so every stored config rebuilds unchanged.
+
 **Layout "chained" (the v1 weights only).** The first layout, kept so that weights trained with
 it (the shipped generalist v1.x) load and predict unchanged: one LayerNorm, then the three axes
 chained with no normalisation or residual between them, one output projection:
@@ -153,6 +162,9 @@ class AxialAttentionBlock3d(nn.Module):
         mlp_ratio: hidden width of the MLP relative to ``channels``.
         layout: "residual" (a pre-norm residual sub-block per axis, QK-norm) or "chained"
             (the v1 layout, kept to load its weights; see the module doc).
+        layer_scale: None (off) or ε > 0: each residual branch (the three axes and the MLP)
+            is scaled by a learned per-channel vector initialised to ε (LayerScale, CaiT;
+            residual layout only; see the module doc).
 
     Shape: (B, C, D, H, W) → (B, C, D, H, W), any D, H, W ≥ 1.
     """
@@ -164,6 +176,7 @@ class AxialAttentionBlock3d(nn.Module):
         max_len: int = 16,
         mlp_ratio: float = 2.0,
         layout: str = "residual",
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         if channels < 1 or num_heads < 1 or channels % num_heads:
@@ -176,7 +189,14 @@ class AxialAttentionBlock3d(nn.Module):
             raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
         if layout not in AXIAL_LAYOUTS:
             raise ValueError(f"unknown axial layout {layout!r}; accepted: {list(AXIAL_LAYOUTS)}")
+        if layer_scale is not None:
+            if layout != "residual":
+                raise ValueError("layer_scale needs the residual layout (the chained layout has "
+                                 "no per-axis residual branch to scale)")  # fmt: skip
+            if not (math.isfinite(layer_scale) and layer_scale > 0):
+                raise ValueError(f"layer_scale must be a finite number > 0 or None, got {layer_scale}")
         self.layout = layout
+        self.layer_scale = layer_scale
         residual = layout == "residual"
         self.attn = nn.ModuleList(
             AxialSelfAttention(channels, num_heads, max_len - 1, qk_norm=residual)
@@ -194,19 +214,26 @@ class AxialAttentionBlock3d(nn.Module):
             nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels)
         )
         self.apply(_init_linear)
+        # LayerScale: one learned per-channel gain per residual branch (D, H, W, MLP)
+        self.gammas = (
+            nn.Parameter(torch.full((4, channels), float(layer_scale)))
+            if layer_scale is not None else None
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.permute(0, 2, 3, 4, 1)  # (B, D, H, W, C)
         if self.layout == "residual":
             for axis, norm, attn, proj in zip((1, 2, 3), self.norms, self.attn, self.projs,
                                               strict=True):  # fmt: skip
-                t = t + proj(attn(norm(t), axis))  # (B, D, H, W, C), along D, then H, then W
+                h = proj(attn(norm(t), axis))  # (B, D, H, W, C), along D, then H, then W
+                t = t + (h if self.gammas is None else self.gammas[axis - 1] * h)
         else:
             h = self.norm1(t)
             for axis, attn in zip((1, 2, 3), self.attn, strict=True):
                 h = attn(h, axis)  # (B, D, H, W, C), chained: D, then H, then W
             t = t + self.proj(h)
-        t = t + self.mlp(self.norm2(t))
+        h = self.mlp(self.norm2(t))  # (B, D, H, W, C)
+        t = t + (h if self.gammas is None else self.gammas[3] * h)
         return t.permute(0, 4, 1, 2, 3)  # (B, C, D, H, W)
 
 
