@@ -194,7 +194,9 @@ class AxialAttentionBlock3d(nn.Module):
                 raise ValueError("layer_scale needs the residual layout (the chained layout has "
                                  "no per-axis residual branch to scale)")  # fmt: skip
             if not (math.isfinite(layer_scale) and layer_scale > 0):
-                raise ValueError(f"layer_scale must be a finite number > 0 or None, got {layer_scale}")
+                raise ValueError(
+                    f"layer_scale must be a finite number > 0 or None, got {layer_scale}"
+                )
         self.layout = layout
         self.layer_scale = layer_scale
         residual = layout == "residual"
