@@ -198,7 +198,6 @@ class AxialAttentionBlock3d(nn.Module):
                     f"layer_scale must be a finite number > 0 or None, got {layer_scale}"
                 )
         self.layout = layout
-        self.layer_scale = layer_scale
         residual = layout == "residual"
         self.attn = nn.ModuleList(
             AxialSelfAttention(channels, num_heads, max_len - 1, qk_norm=residual)
