@@ -53,6 +53,8 @@ def model_stats(model: torch.nn.Module, x: torch.Tensor) -> list[dict]:
     for module in model.modules():
         if isinstance(module, AxialAttentionBlock3d):
             record: dict = {"layout": module.layout, "axes": []}
+            if module.gammas is not None:  # LayerScale: mean |gain| per branch (D, H, W, MLP)
+                record["gain_abs_mean"] = module.gammas.detach().abs().mean(1).tolist()
             blocks.append(record)
 
             def on_block(mod, args, out, record=record):
@@ -121,6 +123,7 @@ def main() -> None:
                 "layout": first["layout"], "grid": first["grid"], "channels": first["channels"],
                 "update_rms_ratio": float(np.mean([pc[i]["update_rms_ratio"] for pc in per_case])),
                 "axes": axes,
+                **({"gain_abs_mean": first["gain_abs_mean"]} if "gain_abs_mean" in first else {}),
             })  # fmt: skip
         result["models"][name] = {"checkpoint": path, "blocks": blocks}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +151,22 @@ def main() -> None:
                 lines.append(f"{head} {ax['axis']} (L {ax['length']}) | "
                              f"{ax['entropy_fraction']:.3f} | {ax['max_weight']:.3f} | "
                              f"{ax['logit_std']:.3g} |")  # fmt: skip
+    gains = [(name, b) for name, m in result["models"].items() for b in m["blocks"]
+             if "gain_abs_mean" in b]  # fmt: skip
+    if gains:
+        lines += [
+            "",
+            "LayerScale gains, mean |gain| over channels per residual branch:",
+            "",
+            "| model | block (C, grid) | D | H | W | MLP |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for name, b in gains:
+            lines.append(
+                f"| {name} | {b['channels']}, {'×'.join(map(str, b['grid']))} | "
+                + " | ".join(f"{g:.3g}" for g in b["gain_abs_mean"])
+                + " |"
+            )
     lines.append("")
     atomic_write_text(args.out / "attention_health.md", "\n".join(lines))
     print("\n".join(lines))
