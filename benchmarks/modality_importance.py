@@ -29,7 +29,6 @@ import numpy as np
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 DEFAULT_PATTERNS = "t1,t2,flair,t1+t2,t1+t2+flair,t1ce"
-VOXEL_ML = 1.5**3 / 1000.0  # the generalist's 1.5 mm working grid
 
 
 def parse_pattern(text: str) -> tuple[int, ...]:
@@ -169,7 +168,11 @@ def main() -> None:
     from transmed.inference.postprocess import PostprocessConfig, postprocess_labels
     from transmed.models.checkpoint import load_model
     from transmed.models.pretrained import resolve_model
+    from transmed.training.generalist import GENERALIST_SPACING
     from transmed.transforms.store import load_arrays
+
+    spacing = (GENERALIST_SPACING,) * 3  # the network grid the cases are stored on
+    voxel_ml = GENERALIST_SPACING**3 / 1000.0
 
     cfg = PostprocessConfig(float(mc), float(et), margin != "off",
                             0.0 if margin == "off" else float(margin))  # fmt: skip
@@ -197,9 +200,9 @@ def main() -> None:
                                                   roi_size=(64, 64, 64), overlap=0.5,
                                                   precision="fp32")  # fmt: skip
                 reg = labels_to_regions(postprocess_labels(regions_to_labels(probs),
-                                                           (1.5,) * 3, cfg))  # fmt: skip
+                                                           spacing, cfg))  # fmt: skip
                 scores[v][p.stem] = [float(dice(reg[i], ref[i])) for i in range(3)]
-                vols[v][p.stem] = [float(reg[i].sum()) * VOXEL_ML for i in range(3)]
+                vols[v][p.stem] = [float(reg[i].sum()) * voxel_ml for i in range(3)]
             print(name, p.stem, flush=True)
     write(out, args.out, args.name, ", ".join(str(d) for d in args.cases))
 
