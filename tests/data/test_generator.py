@@ -254,3 +254,53 @@ def test_dura_prob_sets_how_many_heads_have_enhancing_dura() -> None:
     assert 0.6 < share() < 0.8
     with pytest.raises(ValueError, match="dura_prob"):
         GeneratorConfig(dura_prob=1.2)
+
+
+def test_random_contrasts_keep_the_defining_relations_when_asked() -> None:
+    """``keep_relations``: on every random draw the capped parenchyma stays darker than its
+    tumour compartment by the margin (without it, a good share of random T1ce draws renders CSF,
+    cortex or WMH within that margin of enhancing tumour). The option consumes the same random
+    numbers, changes no "real" modality and no uncapped class."""
+    from transmed.data.generator.appearance import RANDOM_CAPS, draw_appearance
+
+    def violations(keep: bool) -> int:
+        bad = 0
+        for s in range(300):
+            means, _, kinds = draw_appearance(np.random.default_rng(s), 0.15, 1.0, keep)
+            assert kinds == ["random"] * 4
+            bad += sum(bool(means[c, m] > means[t, m] / margin)
+                       for m, classes, t, margin in RANDOM_CAPS for c in classes)  # fmt: skip
+        return bad
+
+    assert violations(False) > 100
+    assert violations(True) == 0
+    capped = {(c, m) for m, classes, _, _ in RANDOM_CAPS for c in classes}
+    for s in range(50):
+        r0, r1 = np.random.default_rng(s), np.random.default_rng(s)
+        a, sa, ka = draw_appearance(r0, 0.15, 0.5, False)
+        b, sb, kb = draw_appearance(r1, 0.15, 0.5, True)
+        assert ka == kb and np.array_equal(sa, sb)
+        assert r0.uniform() == r1.uniform()  # the stream after the draw is unchanged
+        for c in range(a.shape[0]):
+            for m in range(4):
+                if ka[m] == "real" or (c, m) not in capped:
+                    assert a[c, m] == b[c, m]
+                else:
+                    assert 0.05 <= b[c, m] <= a[c, m] + 1e-6
+
+
+def test_random_keeps_relations_reaches_the_sample_and_is_validated(pool: LabelMapPool) -> None:
+    from transmed.training.generalist import generalist_generator
+
+    cfg = generalist_generator((24, 24, 24), random_keeps_relations=True, random_contrast_prob=1.0)
+    assert cfg.random_keeps_relations is True
+    off = GeneratorConfig(patch_size=PATCH, random_contrast_prob=1.0, foreground_prob=1.0,
+                          dropout_prob=0.0)  # fmt: skip
+    on = GeneratorConfig(patch_size=PATCH, random_contrast_prob=1.0, foreground_prob=1.0,
+                         dropout_prob=0.0, random_keeps_relations=True)  # fmt: skip
+    a = draw_sample(pool.get(1), sample_rng(3, 0, 1), off)
+    b = draw_sample(pool.get(1), sample_rng(3, 0, 1), on)
+    assert np.array_equal(a[1], b[1])  # same anatomy and tumour
+    assert not np.array_equal(a[0], b[0])  # darker capped parenchyma
+    with pytest.raises(ValueError, match="random_keeps_relations"):
+        GeneratorConfig(random_keeps_relations="yes")  # type: ignore[arg-type]

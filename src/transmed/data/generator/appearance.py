@@ -10,6 +10,14 @@ modality:
 - **random** (``random_prob``): SynthSeg-style uniform means U(0.05, 1.6) for every normal and
   extra-cerebral class, while the tumour classes keep their realistic values relative to white
   matter, so the model learns tumour appearance without relying on the look of normal tissue.
+  With ``keep_relations`` the random draw keeps the relations that define the compartments
+  against the normal parenchyma that is not a mimic (:data:`RANDOM_CAPS`): on T1ce, CSF, grey
+  matter and WM hyperintensities stay darker than the enhancing tumour; on T2, grey matter
+  stays darker than oedema; on FLAIR, CSF and grey matter stay darker than oedema. Without it
+  (the default, as every run before the option), about a third of random T1ce draws render
+  cortex as bright as enhancing tumour, which no label can then tell apart. Bright normal
+  structures (vessels, dura, choroid plexus), WM hyperintensities on T2/FLAIR and the
+  extra-cerebral classes stay fully random: they are the real mimics.
 
 Spreads (within-class standard deviation, relative to the class mean) are U(0.02, 0.10) for
 normal tissue and U(0.05, 0.20) for tumour compartments.
@@ -26,6 +34,16 @@ GEN_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 TUMOUR = (4, 5, 6, 7)
+
+#: ``keep_relations``: (modality, capped classes, tumour class, margin). The capped classes'
+#: random means stay below the tumour class's mean / margin; the margins are the lower ends of
+#: the real-ordering relations below.
+RANDOM_CAPS: tuple[tuple[int, tuple[int, ...], int, float], ...] = (
+    (1, (1, 2, 9), 6, 1.3),  # T1ce: CSF, GM, WMH darker than enhancing tumour
+    (2, (2,), 7, 1.15),  # T2: GM darker than oedema
+    (3, (1, 2), 7, 1.1),  # FLAIR: CSF, GM darker than oedema
+)
+_RANDOM_LO, _RANDOM_HI = 0.05, 1.6
 
 #: Mean intensity relative to WM; rows GEN_CLASSES, columns MODALITIES.
 BASE_MEANS = np.array(
@@ -51,9 +69,13 @@ BASE_MEANS = np.array(
 
 
 def draw_appearance(
-    rng: np.random.Generator, jitter: float = 0.15, random_prob: float = 0.15
+    rng: np.random.Generator, jitter: float = 0.15, random_prob: float = 0.15,
+    keep_relations: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Means and spreads for one image.
+
+    ``keep_relations`` changes no random draw (the same numbers are consumed either way): a
+    capped class's uniform draw is rescaled from U(0.05, 1.6) to U(0.05, min(1.6, cap)).
 
     Returns:
         ``means`` (15, 4) relative to WM, ``spread`` (15, 4) std relative to each mean, and the
@@ -78,7 +100,9 @@ def draw_appearance(
     for m in range(4):
         if rng.uniform() < random_prob:
             normal = [c for c in range(1, len(GEN_CLASSES)) if c not in TUMOUR and c != 3]
-            means[normal, m] = rng.uniform(0.05, 1.6, len(normal))
+            means[normal, m] = rng.uniform(_RANDOM_LO, _RANDOM_HI, len(normal))
+            if keep_relations:
+                _cap_random(means, m)
             kinds.append("random")
         else:
             kinds.append("real")
@@ -86,3 +110,15 @@ def draw_appearance(
     spread[list(TUMOUR)] = rng.uniform(0.05, 0.20, (len(TUMOUR), 4))
     spread[0] = 0.0
     return means.astype(np.float32), spread.astype(np.float32), kinds
+
+
+def _cap_random(means: np.ndarray, modality: int) -> None:
+    """In place: rescale the random draws of :data:`RANDOM_CAPS`' classes in ``modality`` so
+    that each stays below its tumour class's mean divided by the margin."""
+    for m, classes, tumour, margin in RANDOM_CAPS:
+        if m != modality:
+            continue
+        top = min(_RANDOM_HI, max(float(means[tumour, m]) / margin, 2 * _RANDOM_LO))
+        for c in classes:
+            u = (means[c, m] - _RANDOM_LO) / (_RANDOM_HI - _RANDOM_LO)
+            means[c, m] = _RANDOM_LO + u * (top - _RANDOM_LO)

@@ -65,6 +65,10 @@ class GeneratorConfig:
     rotation_deg: float = 15.0
     scale: tuple[float, float] = (0.85, 1.15)
     random_contrast_prob: float = 0.15
+    #: random contrast draws keep the relations that define the tumour compartments against
+    #: normal parenchyma (``appearance.RANDOM_CAPS``). False keeps the draws of runs made
+    #: before the option existed (the same random numbers are consumed either way).
+    random_keeps_relations: bool = False
     contrast_jitter: float = 0.15
     thick_slice_prob: float = 0.45
     slice_mm: tuple[float, float] = (3.0, 7.5)
@@ -95,6 +99,9 @@ class GeneratorConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"GeneratorConfig.{name} must be in [0, 1], got {v}")
+        if not isinstance(self.random_keeps_relations, bool):
+            raise ValueError("GeneratorConfig.random_keeps_relations must be true or false, got "
+                             f"{self.random_keeps_relations!r}")
         if self.thick_slice_prob + self.lowres_prob > 1.0:
             raise ValueError("GeneratorConfig: thick_slice_prob + lowres_prob must be <= 1")
         if any(int(p) < 16 for p in self.patch_size) or len(self.patch_size) != 3:
@@ -196,7 +203,8 @@ def _degrade(vol: torch.Tensor, factors: tuple[float, float, float],
 
 
 def _draw_params(rng: np.random.Generator, cfg: GeneratorConfig) -> dict[str, Any]:
-    means, spread, kinds = draw_appearance(rng, cfg.contrast_jitter, cfg.random_contrast_prob)
+    means, spread, kinds = draw_appearance(rng, cfg.contrast_jitter, cfg.random_contrast_prob,
+                                           cfg.random_keeps_relations)
     marrow = bool(rng.uniform() < 0.8)
     lo = float(rng.uniform(0.2, 0.4))
     p: dict[str, Any] = {
