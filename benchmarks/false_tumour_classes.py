@@ -108,7 +108,8 @@ def main() -> None:
                 pools[seed] = LabelMapPool(folder.parent / "labelmaps", args.scan, seed, spacing)
             image, label = load_arrays(path)
             _, fine, _ = draw_sample(pools[seed].get(index), sample_rng(seed, draw, index),
-                                     gen_cfg, whole=True)  # fmt: skip
+                                     gen_cfg, whole=True,
+                                     erase=bool(meta.get("tumour_erased")))  # fmt: skip
             if not np.array_equal(fine_to_internal(fine), label):
                 raise SystemExit(f"{path}: the redrawn class map does not reproduce the stored "
                                  "labels (another generator version or --scan?)")  # fmt: skip

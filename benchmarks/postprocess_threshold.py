@@ -17,7 +17,8 @@ empty = 1). Writes ``benchmarks/results/generalist/NAME.{json,md}``.
 recipe trains on pool seed 0 and validates on 1; ``generalist_eval`` tests on 2 and 3): the
 first ``--n-tumour`` maps with a tumour and ``--n-tumour-free`` heads from its tumour-free
 maps (another appearance of each map when there are fewer), whole heads as
-``prepare_validation`` draws them.
+``prepare_validation`` draws them; ``--n-erased`` adds tumour maps drawn with their tumour
+erased (tumour-free heads from that many anatomies; the pools' own tumour-free maps are few).
 
 The selection rule, fixed before the numbers are seen: the highest mean Dice over all cases
 (tumour-free heads included: a clean one scores 1 in every region); a combination within
@@ -36,8 +37,13 @@ REGIONS = ("WT", "TC", "ET")
 VOXEL_ML = 1.5**3 / 1000.0  # the generalist's 1.5 mm working grid
 
 
-def write_cases(folder: Path, pool_seed: int, n_tumour: int, n_free: int, scan: int) -> None:
-    """The decision set (see the module): ``s{seed}_{map:03d}_{draw}.npz`` + ``.json``."""
+def write_cases(folder: Path, pool_seed: int, n_tumour: int, n_free: int, scan: int,
+                n_erased: int = 0) -> None:  # fmt: skip
+    """The decision set (see the module): ``s{seed}_{map:03d}_{draw}.npz`` + ``.json``.
+
+    ``n_erased``: that many more tumour maps (after the first ``n_tumour``), each drawn once as
+    a whole head with its tumour erased (``draw_sample(..., erase=True)``; the case's JSON says
+    ``"tumour_erased": true``): tumour-free heads from as many anatomies."""
     from transmed.data.generator import LabelMapPool
     from transmed.data.generator.dataset import sample_rng
     from transmed.data.generator.sample import draw_sample, fine_to_internal
@@ -48,19 +54,20 @@ def write_cases(folder: Path, pool_seed: int, n_tumour: int, n_free: int, scan: 
     tumour, free = [], []
     for i in range(scan):
         (tumour if pool.get(i).tumour_voxels.size else free).append(i)
-    if len(tumour) < n_tumour or (n_free and not free):
+    if len(tumour) < n_tumour + n_erased or (n_free and not free):
         raise SystemExit(f"pool {pool_seed}: {len(tumour)} tumour and {len(free)} tumour-free "
                          f"maps among the first {scan}; raise --scan")  # fmt: skip
-    picks = [(i, 0) for i in tumour[:n_tumour]]
-    picks += [(free[k % len(free)], k // len(free)) for k in range(n_free)]
+    picks = [(i, 0, False) for i in tumour[:n_tumour]]
+    picks += [(i, 0, True) for i in tumour[n_tumour:n_tumour + n_erased]]
+    picks += [(free[k % len(free)], k // len(free), False) for k in range(n_free)]
     cfg = generalist_generator((64, 64, 64))
     folder.mkdir(parents=True, exist_ok=True)
-    for i, draw in picks:
+    for i, draw, erase in picks:
         path = folder / f"s{pool_seed}_{i:03d}_{draw}.npz"
         if path.is_file():
             continue
         image, fine, info = draw_sample(pool.get(i), sample_rng(pool_seed, draw, i), cfg,
-                                        whole=True)  # fmt: skip
+                                        whole=True, erase=erase)  # fmt: skip
         save_arrays(path, image, fine_to_internal(fine))
         write_json(info, path.with_suffix(".json"))
         print("wrote", path.name, flush=True)
@@ -100,11 +107,13 @@ def main() -> None:
     ap.add_argument("--pool-seed", type=int, default=5)
     ap.add_argument("--n-tumour", type=int, default=24)
     ap.add_argument("--n-tumour-free", type=int, default=8)
+    ap.add_argument("--n-erased", type=int, default=0,
+                    help="tumour maps drawn as whole heads with the tumour erased")
     ap.add_argument("--scan", type=int, default=70, help="pool maps to scan for --write-cases")
     args = ap.parse_args()
     if args.write_cases:
         write_cases(args.write_cases, args.pool_seed, args.n_tumour, args.n_tumour_free,
-                    args.scan)  # fmt: skip
+                    args.scan, args.n_erased)  # fmt: skip
         return
     if not args.models or not args.cases:
         ap.error("--models and --cases are required (or --write-cases)")

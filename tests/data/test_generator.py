@@ -304,3 +304,20 @@ def test_random_keeps_relations_reaches_the_sample_and_is_validated(pool: LabelM
     assert not np.array_equal(a[0], b[0])  # darker capped parenchyma
     with pytest.raises(ValueError, match="random_keeps_relations"):
         GeneratorConfig(random_keeps_relations="yes")  # type: ignore[arg-type]
+
+
+def test_whole_head_with_its_tumour_erased(pool: LabelMapPool) -> None:
+    """``erase=True`` draws the same head and appearance with no tumour: labels all 0, the
+    normal classes unchanged, the same draws in the info."""
+    idx = next(i for i in range(len(pool)) if pool.get(i).tumour_voxels.size)
+    cfg = GeneratorConfig(patch_size=PATCH, skull_prob=0.0)
+    a, fa, ia = draw_sample(pool.get(idx), sample_rng(4, 0, idx), cfg, whole=True)
+    b, fb, ib = draw_sample(pool.get(idx), sample_rng(4, 0, idx), cfg, whole=True, erase=True)
+    tumour = (fa >= 4) & (fa <= 7)
+    assert tumour.any() and not ((fb >= 4) & (fb <= 7)).any()
+    assert np.array_equal(fa[~tumour], fb[~tumour])
+    assert ib["tumour_erased"] is True and ia["tumour_erased"] is False
+    assert ia["contrast_kind"] == ib["contrast_kind"] and ia["resolution"] == ib["resolution"]
+    assert not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="erase=True needs whole=True"):
+        draw_sample(pool.get(idx), sample_rng(4, 0, idx), cfg, erase=True)

@@ -330,7 +330,7 @@ def _mask(lab: np.ndarray, fine: np.ndarray, dist: np.ndarray, p: dict[str, Any]
 
 def draw_sample(
     lm: LabelMap, rng: np.random.Generator, cfg: GeneratorConfig, whole: bool = False,
-    raw: bool = False,
+    raw: bool = False, erase: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One image/label pair.
 
@@ -343,16 +343,24 @@ def draw_sample(
         lm: the label map.
         whole: the whole map (no rotation, cropped to the head or brain box + 5 mm, as
             preprocessing crops) instead of a patch.
+        erase: with ``whole``, the head with its tumour replaced by the nearest normal tissue
+            (:func:`erase_tumour`: the same anatomy and mass effect, no tumour; labels all 0).
+            It draws no random number, so the image's other draws are those of the same
+            ``rng`` without it. For tumour-free test heads from many anatomies.
     Returns:
         ``image`` (4, *S) float32 z-scored (T1, T1ce, T2, FLAIR; 0 outside the mask and for
         dropped modalities), ``fine`` (*S) uint8 fine classes, ``info`` (the draws).
     """
+    if erase and not whole:
+        raise ValueError("draw_sample: erase=True needs whole=True (patches use "
+                         "GeneratorConfig.tumour_free_prob)")
     shape = np.asarray(lm.fine.shape)
     p = _draw_params(rng, cfg)
     flip_lr = bool(rng.uniform() < 0.5)
     erased = hard_negative = False
     if whole:
-        fine = lm.fine
+        fine = erase_tumour(lm.fine) if erase else lm.fine
+        erased = bool(erase)
         dist = lm.dist
         src = None
         out_shape = tuple(int(s) for s in shape)
